@@ -1,0 +1,1 @@
+"""Label stage: heads that turn chips into class logits (zero-shot, CoOp, CoCoOp, BiMoRS)."""

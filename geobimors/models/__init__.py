@@ -1,0 +1,1 @@
+"""Model stage: CLIP models (open_clip), prompt templates, captioners, caption encoders."""

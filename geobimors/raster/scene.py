@@ -1,0 +1,214 @@
+"""Opening scenes: any GDAL raster (GeoTIFF, COG, VRT, URLs), and band selection."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioIOError
+
+from geobimors.errors import InputError, warn
+
+_URL_RE = re.compile(r"^(https?|s3|gs|az|ftp)://", re.IGNORECASE)
+
+# Keep GDAL's block cache bounded (GDAL's default is 5% of RAM): memory must stay
+# flat as scenes grow. Users can still raise it with the environment variable.
+os.environ.setdefault("GDAL_CACHEMAX", "256")
+
+
+def is_remote(path: str) -> bool:
+    """True for URLs and GDAL virtual file systems (``/vsicurl/``, ``/vsis3/``, ...)."""
+    return bool(_URL_RE.match(path)) or path.startswith("/vsi")
+
+
+def gdal_path(path: str | os.PathLike[str]) -> str:
+    """Return the path GDAL should open: local paths absolute, URLs through /vsicurl/."""
+    text = os.fspath(path)
+    if text.lower().startswith(("http://", "https://", "ftp://")):
+        return "/vsicurl/" + text
+    if is_remote(text):
+        return text
+    return str(Path(text).expanduser().absolute())
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """What the pipeline needs to know about a scene, without its pixels.
+
+    Attributes:
+        path: the path GDAL opens (absolute, or a /vsi path for URLs).
+        width: raster width in pixels.
+        height: raster height in pixels.
+        count: number of bands.
+        dtype: data type of the first band (``uint8``, ``uint16``, ``float32``, ...).
+        crs: coordinate reference system, or ``None`` when the scene has none.
+        transform: pixel-to-CRS affine transform.
+        nodata: nodata value of the first band, or ``None``.
+        colorinterp: colour interpretation name of each band.
+        overview_factors: decimation factors of the overviews of band 1.
+
+    """
+
+    path: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    nodata: float | None
+    colorinterp: tuple[str, ...]
+    overview_factors: tuple[int, ...]
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """Ground size of a pixel along x and y (in CRS units), rotation included."""
+        t = self.transform
+        return (float((t.a**2 + t.d**2) ** 0.5), float((t.b**2 + t.e**2) ** 0.5))
+
+    @property
+    def has_overviews(self) -> bool:
+        """True when the scene has overviews (COGs do)."""
+        return bool(self.overview_factors)
+
+    @property
+    def name(self) -> str:
+        """Short name of the scene for messages."""
+        return os.path.basename(self.path.rstrip("/")) or self.path
+
+
+def open_scene(path: str | os.PathLike[str], allow_no_crs: bool = False) -> SceneInfo:
+    """Open a scene and describe it.
+
+    Args:
+        path: a local path, a URL (``https://``, ``/vsicurl/...``) or any GDAL
+            dataset name (VRT, ...).
+        allow_no_crs: accept a scene without a CRS (outputs are then in pixel
+            coordinates, with a warning).
+
+    Returns:
+        The scene description.
+
+    Raises:
+        InputError: if the scene is missing, unreadable, not a raster, empty,
+            or has no CRS (unless ``allow_no_crs``).
+
+    """
+    text = os.fspath(path)
+    target = gdal_path(text)
+    if not is_remote(target):
+        local = Path(target)
+        if not local.exists():
+            raise InputError(f"scene not found: {text}; check the path")
+        if local.is_dir():
+            raise InputError(f"scene {text} is a directory; pass a raster file (GeoTIFF, COG, VRT)")
+        if not os.access(local, os.R_OK):
+            raise InputError(f"scene {text} is not readable; check its permissions")
+    try:
+        with rasterio.open(target) as ds:
+            if ds.width == 0 or ds.height == 0 or ds.count == 0:
+                raise InputError(f"scene {text} is empty ({ds.width} x {ds.height} px, {ds.count} bands)")
+            info = SceneInfo(
+                path=target,
+                width=ds.width,
+                height=ds.height,
+                count=ds.count,
+                dtype=ds.dtypes[0],
+                crs=ds.crs,
+                transform=ds.transform,
+                nodata=ds.nodata,
+                colorinterp=tuple(ci.name for ci in ds.colorinterp),
+                overview_factors=tuple(ds.overviews(1)),
+            )
+    except RasterioIOError as exc:
+        if is_remote(target):
+            raise InputError(
+                f"could not open {text}: {_first_line(exc)}; check the URL and the network, "
+                "or download the file and pass its local path"
+            ) from None
+        raise InputError(f"{text} is not a raster GDAL can read ({_first_line(exc)})") from None
+    if info.crs is None:
+        if not allow_no_crs:
+            raise InputError(
+                f"scene {text} has no CRS, so chips cannot be georeferenced; assign one "
+                "(gdal_edit.py -a_srs EPSG:XXXX) or pass --allow-no-crs to map in pixel coordinates"
+            )
+        warn(f"scene {info.name} has no CRS: outputs are in pixel coordinates")
+    return info
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class BandSelection:
+    """Which scene bands become the R, G and B channels of a chip.
+
+    Attributes:
+        indexes: three 1-based band indexes (the same band thrice for grey).
+        description: how the choice was made, for summaries.
+
+    """
+
+    indexes: tuple[int, int, int]
+    description: str
+
+
+def select_bands(info: SceneInfo, bands: Sequence[int] | None = None) -> BandSelection:
+    """Choose the bands that make the RGB chips.
+
+    Without ``bands``: the bands whose colour interpretation is red, green and
+    blue; else bands 1, 2, 3 of a 3-band scene; else band 1 of a single-band
+    scene as grey (with a warning). Other band counts need ``--bands``, because
+    guessing would silently feed the model false colours.
+
+    Args:
+        info: the scene.
+        bands: 1-based band indexes: three for RGB, or one for grey.
+
+    Returns:
+        The band selection.
+
+    Raises:
+        InputError: if an index is out of range, the count is not 1 or 3, or
+            the scene's bands cannot be chosen without ``bands``.
+
+    """
+    if bands is not None:
+        bands = [int(b) for b in bands]
+        bad = [b for b in bands if b < 1 or b > info.count]
+        if bad:
+            raise InputError(
+                f"--bands {','.join(map(str, bands))}: band {bad[0]} is out of range; "
+                f"scene {info.name} has bands 1 to {info.count}"
+            )
+        if len(bands) == 3:
+            r, g, b = bands
+            return BandSelection((r, g, b), f"bands {r},{g},{b} as RGB")
+        if len(bands) == 1:
+            warn(f"one band selected ({bands[0]}): chips are grey RGB, which CLIP models see as greyscale photos")
+            return BandSelection((bands[0],) * 3, f"band {bands[0]} as grey")
+        raise InputError(f"--bands takes 3 band indexes (R,G,B) or 1 (grey), got {len(bands)}")
+
+    interp = [c.lower() for c in info.colorinterp]
+    wanted = [ColorInterp.red.name, ColorInterp.green.name, ColorInterp.blue.name]
+    if all(name in interp for name in wanted):
+        r, g, b = (interp.index(name) + 1 for name in wanted)
+        return BandSelection((r, g, b), f"bands {r},{g},{b} (red, green, blue colour interpretation)")
+    if info.count == 3:
+        return BandSelection((1, 2, 3), "bands 1,2,3 as RGB")
+    if info.count == 1:
+        warn(f"scene {info.name} has a single band: chips are grey RGB; pass --bands to change")
+        return BandSelection((1, 1, 1), "band 1 as grey")
+    raise InputError(
+        f"scene {info.name} has {info.count} bands and no red/green/blue colour interpretation; "
+        "pass --bands R,G,B (1-based), e.g. --bands 3,2,1 for Landsat 7 bands 1-6"
+    )

@@ -1,0 +1,218 @@
+"""Planning a mapping run: validate every input up front, then cut the work into batches.
+
+Everything that can be checked before the first chip is read is checked here,
+so bad input fails in a second with a clear message instead of after an hour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from geobimors import __version__
+from geobimors.errors import InputError
+from geobimors.heads.classifier import ClassifierSpec
+from geobimors.labels import Label
+from geobimors.models.clip import resolve_model_name
+from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid
+from geobimors.raster.read import ReadSpec
+from geobimors.raster.scaling import scene_scale_range
+from geobimors.raster.scene import SceneInfo, open_scene, select_bands
+
+DEFAULT_MODEL = "mini"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A task's share of the work: chips ``start`` to ``stop - 1`` of the grid, row-major.
+
+    Attributes:
+        index: batch number (results are written in this order).
+        start: first linear chip index.
+        stop: one past the last linear chip index.
+
+    """
+
+    index: int
+    start: int
+    stop: int
+
+    def chips(self, grid: ChipGrid) -> list[Chip]:
+        """The chips of this batch."""
+        return list(grid.chips(self.start, self.stop))
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """The options of a mapping run (the ``geobimors map`` options, as values).
+
+    Attributes:
+        scene: path or URL of the scene.
+        labels: the classes.
+        model: model name.
+        chip_size: chip size (``224``, ``640m``); ``None`` uses the model's default.
+        overlap: overlap between chips (pixels or ground units).
+        gsd: target ground resolution in m/px; ``None`` uses the model's native
+            resolution when it declares one, else the scene's.
+        keep_scene_gsd: never resample to the model's native resolution.
+        bands: 1-based band indexes (3 for RGB, 1 for grey); ``None`` chooses.
+        scale_range: manual 8-bit scaling range (``MIN,MAX`` or six numbers).
+        percentiles: percentiles for automatic scaling of non-8-bit data.
+        nodata: nodata value overriding the scene's masks.
+        min_valid: skip chips with a smaller fraction of valid pixels.
+        batch_size: chips per task and per forward pass.
+        top_k: number of best labels to keep per chip.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        allow_no_crs: accept scenes without a CRS.
+
+    """
+
+    scene: str
+    labels: tuple[Label, ...]
+    model: str = DEFAULT_MODEL
+    chip_size: str | None = None
+    overlap: str = "0"
+    gsd: float | None = None
+    keep_scene_gsd: bool = False
+    bands: tuple[int, ...] | None = None
+    scale_range: str | None = None
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    nodata: float | None = None
+    min_valid: float = 0.5
+    batch_size: int = 32
+    top_k: int = 3
+    device: str = "auto"
+    precision: str = "fp32"
+    allow_no_crs: bool = False
+
+
+@dataclass
+class ScenePlan:
+    """A validated run: the scene, its chip grid, how to read chips, and the batches.
+
+    Attributes:
+        settings: the settings the plan was made from.
+        scene: the scene description.
+        grid: the chip grid.
+        read: how tasks read chips.
+        classifier: how tasks build the classifier.
+        band_description: which bands make the RGB chips.
+
+    """
+
+    settings: MapSettings
+    scene: SceneInfo
+    grid: ChipGrid
+    read: ReadSpec
+    classifier: ClassifierSpec
+    band_description: str
+
+    @property
+    def n_batches(self) -> int:
+        """Number of batches (tasks)."""
+        return -(-len(self.grid) // self.settings.batch_size)
+
+    def batch(self, index: int) -> Batch:
+        """The ``index``-th batch: a range of chips in row-major order."""
+        start = index * self.settings.batch_size
+        return Batch(index, start, min(start + self.settings.batch_size, len(self.grid)))
+
+    @property
+    def n_chips(self) -> int:
+        """Number of chips in the grid."""
+        return len(self.grid)
+
+    @property
+    def top_k(self) -> int:
+        """Best labels kept per chip (at most the number of labels)."""
+        return min(self.settings.top_k, len(self.settings.labels))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the output (resume refuses a different one)."""
+        s = self.settings
+        payload = {
+            "scene": self.scene.path,
+            "scene_shape": [self.scene.width, self.scene.height, self.scene.count],
+            "transform": list(self.scene.transform)[:6],
+            "labels": [asdict(label) for label in s.labels],
+            "model": s.model,
+            "templates": list(self.classifier.templates),
+            "grid": [
+                self.grid.chip_width,
+                self.grid.chip_height,
+                self.grid.stride_x,
+                self.grid.stride_y,
+                self.grid.out_width,
+                self.grid.out_height,
+            ],
+            "bands": list(self.read.bands),
+            "scale": asdict(self.read.scale) if self.read.scale else None,
+            "nodata": s.nodata,
+            "min_valid": s.min_valid,
+            "batch_size": s.batch_size,
+            "top_k": self.top_k,
+            "precision": s.precision,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def describe(self) -> dict[str, str]:
+        """Key facts for the summary and the output's metadata."""
+        return {
+            "geobimors_version": __version__,
+            "scene": self.scene.path,
+            "model": self.settings.model,
+            "head": "zero-shot",
+            "labels": ", ".join(label.name for label in self.settings.labels),
+            "grid": self.grid.describe(),
+            "bands": self.band_description,
+            "scaling": self.read.scale.describe() if self.read.scale else "8-bit, unchanged",
+        }
+
+
+def model_defaults(model: str) -> tuple[int | None, float | None]:
+    """(default chip size, native GSD) a model declares, without loading its weights."""
+    from geobimors.models import bundled
+
+    source = resolve_model_name(model)
+    if source.kind == "bundled":
+        return bundled.declared_geometry(source.arch)
+    return None, None
+
+
+def plan_map(settings: MapSettings) -> ScenePlan:
+    """Validate settings against the scene and model, and cut the scene into batches.
+
+    Raises:
+        InputError: for any bad input (see the messages).
+
+    """
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {settings.top_k}")
+    if not 0.0 <= settings.min_valid <= 1.0:
+        raise InputError(f"--min-valid must be between 0 and 1, got {settings.min_valid}")
+    if len(settings.labels) < 2:
+        raise InputError("classification needs at least two labels")
+    default_chip, native_gsd = model_defaults(settings.model)
+    scene = open_scene(settings.scene, allow_no_crs=settings.allow_no_crs)
+    selection = select_bands(scene, settings.bands)
+    chip_size = settings.chip_size if settings.chip_size is not None else (default_chip or 224)
+    gsd = settings.gsd
+    if gsd is None and not settings.keep_scene_gsd and scene.crs is not None:
+        gsd = native_gsd
+    grid = build_grid(scene, GridSpec.parse(chip_size, settings.overlap, gsd))
+    scale = scene_scale_range(
+        scene, selection.indexes, settings.percentiles, manual=settings.scale_range, nodata=settings.nodata
+    )
+    read = ReadSpec(scene.path, grid, selection.indexes, scale, settings.nodata, settings.min_valid)
+    classifier = ClassifierSpec(settings.model, settings.labels, settings.device, settings.precision)
+    return ScenePlan(settings, scene, grid, read, classifier, selection.description)
+
+
+def labels_tuple(labels: Sequence[Label]) -> tuple[Label, ...]:
+    """Labels as a tuple (settings are frozen and hashable)."""
+    return tuple(labels)

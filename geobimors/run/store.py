@@ -1,0 +1,143 @@
+"""The resumable sidecar store: one Parquet file per finished batch, next to the output.
+
+A run writes each batch's records as soon as the batch finishes. Re-running
+the same command after a crash or Ctrl-C skips the batches already stored.
+The manifest records the plan's fingerprint so a store made with other
+settings (scene, model, labels, grid, ...) is never mixed into the output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from geobimors import __version__
+from geobimors.errors import InputError
+from geobimors.run.tasks import BatchResult
+
+MANIFEST = "manifest.json"
+
+
+def store_path(output: str | os.PathLike[str]) -> Path:
+    """The sidecar store directory of an output file."""
+    out = Path(output)
+    return out.with_name(out.name + ".partial")
+
+
+def label_columns(top_k: int) -> list[tuple[str, str]]:
+    """(label column, score column) names for ranks 1..k: label/score, label_2/score_2, ..."""
+    return [("label", "score")] + [(f"label_{r}", f"score_{r}") for r in range(2, top_k + 1)]
+
+
+def result_table(result: BatchResult, class_names: list[str], top_k: int) -> pa.Table:
+    """Records of a batch result: one row per chip, labels as text, skipped chips without labels."""
+    n = len(result.rows)
+    windows = result.windows
+    columns: dict[str, pa.Array] = {
+        "batch": pa.array(np.full(n, result.batch.index, dtype=np.int32)),
+        "row": pa.array(result.rows),
+        "col": pa.array(result.cols),
+        "col_off": pa.array(windows[:, 0].astype(np.int32)),
+        "row_off": pa.array(windows[:, 1].astype(np.int32)),
+        "width": pa.array(windows[:, 2].astype(np.int32)),
+        "height": pa.array(windows[:, 3].astype(np.int32)),
+        "valid_fraction": pa.array(result.valid_fraction.astype(np.float32)),
+        "classified": pa.array(result.classified),
+    }
+    names = np.asarray(class_names, dtype=object)
+    classified = np.flatnonzero(result.classified)
+    k_returned = result.top_index.shape[1]
+    for rank, (label_col, score_col) in enumerate(label_columns(top_k)):
+        labels = np.full(n, None, dtype=object)
+        scores = np.full(n, np.nan, dtype=np.float32)
+        if rank < k_returned and len(classified):
+            labels[classified] = names[result.top_index[:, rank]]
+            scores[classified] = result.top_score[:, rank]
+        columns[label_col] = pa.array(labels, type=pa.string())
+        columns[score_col] = pa.array(scores, mask=np.isnan(scores))
+    return pa.table(columns)
+
+
+class RunStore:
+    """Per-batch Parquet parts of one run, in a directory beside the output.
+
+    Args:
+        directory: the store directory.
+        fingerprint: the plan fingerprint the parts belong to.
+
+    """
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.directory = directory
+        self.fingerprint = fingerprint
+
+    @classmethod
+    def open(cls, output: str | os.PathLike[str], fingerprint: str, restart: bool = False) -> RunStore:
+        """Open the store of ``output`` to resume it, or create a new one.
+
+        Raises:
+            InputError: if a store made with other settings exists and
+                ``restart`` is false.
+
+        """
+        directory = store_path(output)
+        manifest = directory / MANIFEST
+        if directory.exists() and restart:
+            shutil.rmtree(directory)
+        if manifest.is_file():
+            try:
+                found = json.loads(manifest.read_text()).get("fingerprint")
+            except (OSError, ValueError):
+                found = None
+            if found != fingerprint:
+                raise InputError(
+                    f"{directory} holds an unfinished run with other settings (scene, model, labels, grid, ...); "
+                    "re-run with --restart to discard it, or choose another output"
+                )
+            return cls(directory, fingerprint)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(manifest, json.dumps({"fingerprint": fingerprint, "geobimors_version": __version__}))
+        return cls(directory, fingerprint)
+
+    def part_path(self, index: int) -> Path:
+        """Path of the part of batch ``index``."""
+        return self.directory / f"batch-{index:08d}.parquet"
+
+    def done(self) -> set[int]:
+        """Indexes of the batches already stored."""
+        found = set()
+        for path in self.directory.glob("batch-*.parquet"):
+            try:
+                found.add(int(path.stem.split("-")[1]))
+            except (IndexError, ValueError):
+                continue
+        return found
+
+    def write(self, index: int, table: pa.Table) -> None:
+        """Store a batch's records atomically (a crash never leaves half a part)."""
+        path = self.part_path(index)
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    def tables(self) -> Iterator[pa.Table]:
+        """Stored parts in batch order."""
+        for index in sorted(self.done()):
+            yield pq.read_table(self.part_path(index))
+
+    def remove(self) -> None:
+        """Delete the store (after the output is complete)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

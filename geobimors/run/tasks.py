@@ -1,0 +1,84 @@
+"""The unit of work: a batch of chip windows that a task reads and classifies itself.
+
+A task receives only small values (the scene path inside :class:`ReadSpec`, a
+range of chips, a :class:`ClassifierSpec`), never pixels or models, so the same
+function runs in a thread of this process or on a remote Dask worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geobimors.heads.classifier import ClassifierSpec, get_classifier
+from geobimors.raster.read import ChipReader, ReadSpec
+from geobimors.run.plan import Batch
+
+
+@dataclass
+class BatchResult:
+    """What a task returns for its batch (every chip, classified or skipped).
+
+    Attributes:
+        batch: the batch.
+        rows: (N,) grid rows.
+        cols: (N,) grid columns.
+        windows: (N, 4) footprint windows: col_off, row_off, width, height.
+        valid_fraction: (N,) fraction of valid pixels per chip.
+        classified: (N,) True for chips that were classified.
+        top_index: (M, k) label indexes of the k best labels of each classified chip.
+        top_score: (M, k) their probabilities.
+        probabilities: (M, C) all class probabilities, when asked for.
+
+    """
+
+    batch: Batch
+    rows: np.ndarray
+    cols: np.ndarray
+    windows: np.ndarray
+    valid_fraction: np.ndarray
+    classified: np.ndarray
+    top_index: np.ndarray
+    top_score: np.ndarray
+    probabilities: np.ndarray | None = None
+
+    @property
+    def n_classified(self) -> int:
+        """Number of chips classified in this batch."""
+        return int(self.classified.sum())
+
+
+def classify_batch(
+    read: ReadSpec, classifier: ClassifierSpec, batch: Batch, top_k: int, with_probabilities: bool = False
+) -> BatchResult:
+    """Read a batch of chips from the scene and classify the valid ones.
+
+    Args:
+        read: how to read chips (scene path, grid, bands, scaling, nodata).
+        classifier: which model and labels to classify with.
+        batch: the range of chips.
+        top_k: number of best labels to return per chip.
+        with_probabilities: also return every class probability.
+
+    Returns:
+        The batch result.
+
+    """
+    chips = batch.chips(read.grid)
+    pixels = ChipReader(read).read_batch(chips)
+    probs = get_classifier(classifier).probabilities(pixels.pixels[pixels.keep])
+    k = min(top_k, probs.shape[1])
+    top = torch.topk(probs, k, dim=1) if len(probs) else None
+    return BatchResult(
+        batch=batch,
+        rows=np.array([c.row for c in chips], dtype=np.int32),
+        cols=np.array([c.col for c in chips], dtype=np.int32),
+        windows=read.grid.footprint_windows(chips),
+        valid_fraction=pixels.valid_fraction,
+        classified=pixels.keep,
+        top_index=top.indices.numpy().astype(np.int32) if top is not None else np.zeros((0, k), np.int32),
+        top_score=top.values.numpy().astype(np.float32) if top is not None else np.zeros((0, k), np.float32),
+        probabilities=probs.numpy() if with_probabilities else None,
+    )

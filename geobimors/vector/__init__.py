@@ -1,0 +1,1 @@
+"""Vector stage: chip polygons, dissolved regions, QGIS styles, atomic GeoPackage writes."""

@@ -1,0 +1,195 @@
+"""Chip records to GeoPackage: exact chip polygons, optional regions, style, atomic write."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyogrio
+import shapely
+from affine import Affine
+from rasterio.crs import CRS
+
+from geobimors.errors import OutputError, RunError
+from geobimors.raster.grid import window_corners
+from geobimors.vector.style import categorized_qml, write_layer_styles
+
+CHIPS_LAYER = "chips"
+REGIONS_LAYER = "regions"
+# Columns of the records that go into the chips layer, besides the label/score columns.
+_CHIP_COLUMNS = ("row", "col", "valid_fraction")
+
+
+def chip_polygons(transform: Affine, windows: np.ndarray) -> np.ndarray:
+    """Exact footprints of pixel windows as shapely polygons (rotation and shear included).
+
+    Args:
+        transform: pixel-to-CRS transform of the scene.
+        windows: (N, 4) col_off, row_off, width, height.
+
+    """
+    xs, ys = window_corners(transform, windows)
+    return shapely.polygons(np.stack([xs, ys], axis=-1))
+
+
+def records_to_frame(
+    table: pa.Table, transform: Affine, crs: CRS | None, label_columns: Sequence[str], extra: dict[str, str]
+) -> gpd.GeoDataFrame:
+    """Chip polygons with their labels from stored records (classified chips only).
+
+    Args:
+        table: records (see :func:`geobimors.run.store.result_table`).
+        transform: scene transform.
+        crs: scene CRS.
+        label_columns: label and score column names in output order.
+        extra: constant attributes added to every row (e.g. the model id).
+
+    """
+    frame = table.to_pandas()
+    frame = frame[frame["classified"]].reset_index(drop=True)
+    windows = frame[["col_off", "row_off", "width", "height"]].to_numpy()
+    data = {name: frame[name] for name in label_columns}
+    data.update({name: frame[name] for name in _CHIP_COLUMNS})
+    for name, value in extra.items():
+        data[name] = pd.Series([value] * len(frame), dtype=object)
+    return gpd.GeoDataFrame(data, geometry=chip_polygons(transform, windows), crs=crs)
+
+
+def check_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check that an output GeoPackage can be written, before any work is done.
+
+    Raises:
+        OutputError: if the directory is missing or read-only, the path is a
+            directory or not ``.gpkg``, or the file exists without ``overwrite``.
+
+    """
+    out = Path(path).expanduser()
+    if out.suffix.lower() != ".gpkg":
+        raise OutputError(f"output {out} must be a GeoPackage with the .gpkg extension")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist; create it or choose another -o path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {parent} is not writable; choose another -o path")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory; give a .gpkg file path")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} already exists; pass --overwrite to replace it or choose another -o path")
+    return out
+
+
+class GeoPackageWriter:
+    """Writes label layers to a temporary GeoPackage and renames it into place.
+
+    Readers never see a half-written file: the output appears complete, or not
+    at all. On failure the temporary file is removed.
+
+    Args:
+        output: final path (checked with :func:`check_output`).
+        overwrite: replace an existing output.
+        metadata: key/value pairs stored as layer metadata (provenance).
+
+    """
+
+    def __init__(self, output: str | os.PathLike[str], overwrite: bool, metadata: dict[str, str]) -> None:
+        self.output = check_output(output, overwrite)
+        self.overwrite = overwrite
+        self.metadata = metadata
+        self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp.gpkg")
+        self.n_features = 0
+        self._created = False
+
+    def __enter__(self) -> GeoPackageWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the temporary file (and its SQLite side files)."""
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            Path(str(self.tmp) + suffix).unlink(missing_ok=True)
+
+    def append(self, frame: gpd.GeoDataFrame) -> None:
+        """Append chips to the chips layer (the first call creates it, even when empty)."""
+        if len(frame) == 0 and self._created:
+            return
+        self._write(frame, CHIPS_LAYER, append=self._created)
+        self._created = True
+        self.n_features += len(frame)
+
+    def _write(self, frame: gpd.GeoDataFrame, layer: str, append: bool) -> None:
+        try:
+            pyogrio.write_dataframe(
+                frame,
+                self.tmp,
+                layer=layer,
+                driver="GPKG",
+                append=append,
+                geometry_type="Polygon",
+                layer_metadata=None if append else self.metadata,
+            )
+        except Exception as exc:  # pyogrio raises several types; all mean the write failed
+            raise _write_error(self.output, exc) from exc
+
+    def finish(self, labels: Sequence[str], regions: bool = False) -> Path:
+        """Add the regions layer and styles, then move the file into place.
+
+        Args:
+            labels: label names, in legend order.
+            regions: also write a ``regions`` layer of dissolved same-label chips.
+
+        Returns:
+            The output path.
+
+        """
+        styles = [(CHIPS_LAYER, "geometry", categorized_qml(labels))]
+        if regions:
+            chips = pyogrio.read_dataframe(self.tmp, layer=CHIPS_LAYER, columns=["label"])
+            self._write(dissolve_regions(chips), REGIONS_LAYER, append=False)
+            styles.append((REGIONS_LAYER, "geometry", categorized_qml(labels, outline=False)))
+        try:
+            write_layer_styles(str(self.tmp), styles)
+            if self.output.exists() and not self.overwrite:
+                raise OutputError(f"output {self.output} appeared while the run was writing; not replacing it")
+            os.replace(self.tmp, self.output)
+        except OSError as exc:
+            raise _write_error(self.output, exc) from exc
+        return self.output
+
+
+def dissolve_regions(chips: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Merge adjacent chips with the same label into region polygons.
+
+    Returns:
+        One row per connected region: label, number of chips and area (CRS units).
+
+    """
+    if len(chips) == 0:
+        return gpd.GeoDataFrame({"label": [], "area": []}, geometry=[], crs=chips.crs)
+    merged = chips[["label", "geometry"]].dissolve(by="label", as_index=False)
+    parts = merged.explode(index_parts=False, ignore_index=True)
+    parts["area"] = parts.geometry.area
+    return parts[["label", "area", "geometry"]]
+
+
+def _write_error(output: Path, exc: BaseException) -> Exception:
+    if isinstance(exc, OutputError):
+        return exc
+    text = str(exc)
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text or "disk is full" in text:
+        return RunError(
+            f"disk full while writing {output}; nothing was written there. Free space and re-run the same "
+            "command: finished batches are kept and will not be recomputed"
+        )
+    return RunError(f"could not write {output}: {text.splitlines()[0] if text else type(exc).__name__}")

@@ -1,0 +1,156 @@
+"""Windowed chip reads: bands, nodata, padding, resampling and scene-level scaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.enums import ColorInterp
+
+from geobimors.errors import InputError
+from geobimors.raster.grid import GridSpec, build_grid
+from geobimors.raster.read import ChipReader, ReadSpec
+from geobimors.raster.scaling import ScaleRange, scene_scale_range
+from geobimors.raster.scene import open_scene, select_bands
+
+from rasters import make_geotiff, random_rgb
+
+
+def reader(path: Path, chip: int = 16, bands=None, scale_manual=None, nodata=None, gsd=None, min_valid=0.5):  # type: ignore[no-untyped-def]
+    info = open_scene(path)
+    selection = select_bands(info, bands)
+    grid = build_grid(info, GridSpec.parse(chip, gsd=gsd))
+    scale = scene_scale_range(info, selection.indexes, manual=scale_manual, nodata=nodata)
+    return ChipReader(ReadSpec(info.path, grid, selection.indexes, scale, nodata, min_valid)), grid
+
+
+def test_band_selection_picks_the_right_bands(tmp_path: Path) -> None:
+    data = np.stack([np.full((32, 32), v, dtype=np.uint8) for v in (10, 20, 30, 40, 50, 60)])
+    path = make_geotiff(tmp_path / "six.tif", data)
+    chip_reader, grid = reader(path, bands=(3, 2, 1))
+    pixels, fraction = chip_reader.read(grid.chip(0, 0))
+    assert pixels.shape == (16, 16, 3)
+    assert pixels[0, 0].tolist() == [30, 20, 10]
+    chip_reader, grid = reader(path, bands=(6, 4, 5))
+    assert chip_reader.read(grid.chip(1, 1))[0][5, 5].tolist() == [60, 40, 50]
+    assert fraction == 1.0
+
+
+def test_default_bands_follow_colour_interpretation(tmp_path: Path) -> None:
+    data = np.stack([np.full((32, 32), v, dtype=np.uint8) for v in (1, 2, 3, 4)])
+    interp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    path = make_geotiff(tmp_path / "bgrn.tif", data, colorinterp=interp)
+    assert select_bands(open_scene(path)).indexes == (3, 2, 1)
+    six = make_geotiff(tmp_path / "six.tif", np.zeros((6, 32, 32), np.uint8))
+    with pytest.raises(InputError, match="pass --bands"):
+        select_bands(open_scene(six))
+    with pytest.raises(InputError, match="out of range"):
+        select_bands(open_scene(six), (7, 2, 1))
+    with pytest.raises(InputError, match="3 band indexes"):
+        select_bands(open_scene(six), (1, 2))
+
+
+def test_single_band_becomes_grey_with_a_warning(tmp_path: Path) -> None:
+    path = make_geotiff(tmp_path / "grey.tif", np.full((1, 32, 32), 77, dtype=np.uint8))
+    with pytest.warns(UserWarning, match="single band"):
+        chip_reader, grid = reader(path)
+    assert chip_reader.read(grid.chip(0, 0))[0][3, 3].tolist() == [77, 77, 77]
+
+
+def test_nodata_chips_are_skipped_and_padding_counts_as_invalid(tmp_path: Path) -> None:
+    data = random_rgb(40, 40, seed=1)
+    data[:, :20, :20] = 0  # top-left chip all nodata
+    data[:, 20:, :20][:, :5] = 0  # a quarter of the chip below is nodata
+    path = make_geotiff(tmp_path / "nodata.tif", data, nodata=0)
+    chip_reader, grid = reader(path, chip=20)
+    chips = list(grid.chips())
+    batch = chip_reader.read_batch(chips)
+    assert batch.valid_fraction.tolist() == pytest.approx([0.0, 1.0, 0.75, 1.0], abs=0.01)
+    assert batch.keep.tolist() == [False, True, True, True]
+    # A 30 x 30 scene with 20 px chips: edge chips are padded, padding is invalid.
+    small = make_geotiff(tmp_path / "small.tif", random_rgb(30, 30, seed=2))
+    chip_reader, grid = reader(small, chip=20)
+    batch = chip_reader.read_batch(list(grid.chips()))
+    assert batch.valid_fraction.tolist() == pytest.approx([1.0, 0.5, 0.5, 0.25])
+    assert batch.keep.tolist() == [True, True, True, False]
+    assert (batch.pixels[3][10:, :] == 0).all() and (batch.pixels[3][:, 10:] == 0).all()
+
+
+def test_nodata_override_and_nan(tmp_path: Path) -> None:
+    data = np.full((3, 20, 20), 500.0, dtype=np.float32)
+    data[:, :10, :] = np.nan
+    path = make_geotiff(tmp_path / "float.tif", data)
+    chip_reader, grid = reader(path, chip=20)
+    assert chip_reader.read(grid.chip(0, 0))[1] == pytest.approx(0.5)
+    path = make_geotiff(tmp_path / "fill.tif", np.where(np.isnan(data), 7, data).astype(np.uint16))
+    chip_reader, grid = reader(path, chip=20, nodata=7)
+    assert chip_reader.read(grid.chip(0, 0))[1] == pytest.approx(0.5)
+
+
+def test_16bit_scaling_is_scene_level(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4000, (3, 64, 64)).astype(np.uint16)
+    pattern = rng.integers(1000, 3000, (3, 16, 16)).astype(np.uint16)
+    data[:, 0:16, 0:16] = pattern
+    data[:, 48:64, 32:48] = pattern
+    data[:, 0:16, 16:32] = 10  # a dark chip that per-chip min-max would stretch
+    path = make_geotiff(tmp_path / "u16.tif", data)
+    chip_reader, grid = reader(path)
+    a = chip_reader.read(grid.chip(0, 0))[0]
+    b = chip_reader.read(grid.chip(3, 2))[0]
+    np.testing.assert_array_equal(a, b)
+    assert a.min() < a.max()
+    dark = chip_reader.read(grid.chip(0, 1))[0]
+    assert dark.max() < 10  # stays dark: no per-chip stretch
+    assert chip_reader.spec.scale is not None
+    lo, hi = chip_reader.spec.scale.low[0], chip_reader.spec.scale.high[0]
+    assert 0 < lo < 300 and 3700 < hi < 4000
+
+
+def test_manual_scale_range(tmp_path: Path) -> None:
+    path = make_geotiff(tmp_path / "u16.tif", np.full((3, 16, 16), 1500, dtype=np.uint16))
+    chip_reader, grid = reader(path, scale_manual="1000,2000")
+    assert chip_reader.read(grid.chip(0, 0))[0][0, 0].tolist() == [128, 128, 128]
+    chip_reader, _ = reader(path, scale_manual="0,3000,1000,2000,1400,1800")
+    assert chip_reader.read(grid.chip(0, 0))[0][0, 0].tolist() == [128, 128, 64]
+    with pytest.raises(InputError, match="MAX must be greater"):
+        reader(path, scale_manual="5,1")
+
+
+def test_scale_range_apply_clips_and_handles_nan() -> None:
+    scale = ScaleRange((0.0, 0.0, 0.0), (10.0, 10.0, 10.0), "test")
+    data = np.array([[[-5.0, 5.0, 20.0, np.nan]]] * 3, dtype=np.float32)
+    assert scale.apply(data)[0, 0].tolist() == [0, 128, 255, 0]
+
+
+def test_statistics_use_overviews(tmp_path: Path) -> None:
+    path = make_geotiff(
+        tmp_path / "cog.tif", np.full((3, 256, 256), 1000, dtype=np.uint16), tiled=True, blockxsize=64, blockysize=64
+    )
+    with rasterio.open(path, "r+") as ds:
+        ds.build_overviews([2, 4])
+    info = open_scene(path)
+    assert info.has_overviews
+    assert "overviews" in scene_scale_range(info, (1, 2, 3)).source  # type: ignore[union-attr]
+
+
+def test_gsd_resampling_reads_the_ground_area(tmp_path: Path) -> None:
+    data = np.zeros((3, 64, 64), dtype=np.uint8)
+    data[:, :, 32:] = 200  # right half bright
+    path = make_geotiff(tmp_path / "res.tif", data)  # 10 m pixels
+    chip_reader, grid = reader(path, chip=16, gsd=40)  # 16 px at 40 m = 64 scene px
+    assert (grid.chip_width, grid.out_width) == (64, 16)
+    pixels = chip_reader.read(grid.chip(0, 0))[0]
+    assert pixels.shape == (16, 16, 3)
+    assert pixels[:, :8].max() == 0 and pixels[:, 8:].min() == 200
+
+
+def test_real_landsat_16bit_scene(shared_scenes: Path) -> None:
+    with pytest.warns(UserWarning, match="single band"):
+        chip_reader, grid = reader(shared_scenes / "LC08_B2_60m.tif", chip=64, nodata=0)
+    batch = chip_reader.read_batch(list(grid.chips(0, 20)))
+    assert batch.pixels.dtype == np.uint8
+    assert batch.keep.any()
+    assert batch.pixels[batch.keep].std() > 5
