@@ -62,7 +62,6 @@ def map_scene(
     Returns:
         One polygon per classified chip in the scene's CRS with ``label``,
         ``score``, ``label_2``/``score_2``..., ``row``, ``col``, ``valid_fraction``, ``model``.
-
     """
     from geobimors.run.pipeline import map_plan
     from geobimors.run.plan import plan_map
@@ -83,7 +82,6 @@ def map_to_gpkg(
 
     Returns:
         The run summary (counts, label histogram, timing).
-
     """
     from geobimors.run.pipeline import map_to_file
     from geobimors.run.plan import plan_map

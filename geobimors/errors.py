@@ -13,7 +13,6 @@ class GeobimorsError(Exception):
 
     Attributes:
         exit_code: process exit status the CLI uses for this error.
-
     """
 
     exit_code: int = 1

@@ -24,7 +24,6 @@ class Label:
     Attributes:
         name: the label as it appears in outputs.
         prompt: the class description substituted into prompt templates.
-
     """
 
     name: str
@@ -58,7 +57,6 @@ def parse_labels(lines: Iterable[str], source: str = "labels") -> list[Label]:
 
     Raises:
         InputError: on an empty label or a duplicate (ignoring case and spaces).
-
     """
     labels: list[Label] = []
     seen: dict[str, int] = {}
@@ -89,7 +87,6 @@ def check_labels(labels: Sequence[Label], source: str = "labels") -> list[Label]
 
     Raises:
         InputError: if there are fewer than two labels.
-
     """
     if not labels:
         raise InputError(f"{source} has no labels; write one label per line ('#' starts a comment)")
@@ -113,7 +110,6 @@ def read_labels(path: str | Path) -> list[Label]:
     Raises:
         InputError: if the file is missing, unreadable, not UTF-8, or has
             fewer than two or duplicate labels.
-
     """
     path = Path(path)
     try:

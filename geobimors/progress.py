@@ -21,7 +21,6 @@ class Progress:
         desc: label of the bar.
         initial: chips already done (resumed runs).
         stream: where bars and JSON lines go (stderr by default).
-
     """
 
     def __init__(

@@ -21,7 +21,6 @@ class Length:
     Attributes:
         value: the number, in pixels or metres.
         unit: ``"px"`` or ``"m"``.
-
     """
 
     value: float
@@ -52,7 +51,6 @@ def parse_length(text: str | int | float, option: str = "length") -> Length:
 
     Raises:
         InputError: if the text is not a non-negative length.
-
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value, unit = float(text), "px"

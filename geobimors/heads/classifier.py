@@ -1,8 +1,9 @@
-"""A classifier = a CLIP model + a head, loaded once per process and shared by tasks."""
+"""A classifier = a CLIP model + a head (+ a captioner), loaded once per process, shared by tasks."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from geobimors.heads.base import Head
 from geobimors.labels import Label
+from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import load_model
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 
@@ -26,7 +28,7 @@ class ClassifierSpec:
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16``.
         templates: prompt templates for zero-shot classification.
-
+        head: path of a trained head checkpoint (``None``: zero-shot).
     """
 
     model: str
@@ -34,6 +36,7 @@ class ClassifierSpec:
     device: str = "auto"
     precision: str = "fp32"
     templates: tuple[str, ...] = REMOTE_SENSING_TEMPLATES
+    head: str | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -42,28 +45,68 @@ class ClassifierSpec:
 
 
 class Classifier:
-    """Turns uint8 chips into class probabilities; one forward pass at a time.
+    """Turns uint8 chips into class probabilities (and captions); one forward pass at a time.
 
     Tasks on several threads share a classifier: chip reads run in parallel,
-    while the lock keeps one forward pass at a time (each already uses every core).
+    while the lock keeps one model call at a time (each already uses every core).
+    Captions describe the chips exactly as the classifier sees them: the same
+    pixels (window, bands, scaling, resampling).
     """
 
     def __init__(self, spec: ClassifierSpec) -> None:
+        from geobimors.heads.checkpoint import load_head
         from geobimors.heads.zero_shot import ZeroShotHead
 
         self.spec = spec
         self.clip = load_model(spec.model, spec.device, spec.precision)
-        self.head: Head = ZeroShotHead(self.clip, spec.labels, spec.templates)
+        self.head: Head
+        if spec.head is None:
+            self.head = ZeroShotHead(self.clip, spec.labels, spec.templates)
+        else:
+            self.head = load_head(spec.head, self.clip, spec.labels)
+        captioner = getattr(self.head, "captioner", None)
+        self.captioner_spec: CaptionerSpec | None = None
+        if self.head.uses_captions and captioner is not None and not captioner.is_none:
+            self.captioner_spec = captioner
         self._lock = threading.Lock()
+
+    @property
+    def writes_captions(self) -> bool:
+        """True when chips get captions (a head that reads captions from a captioner)."""
+        return self.captioner_spec is not None
+
+    def _caption(self, chips: np.ndarray, given: Sequence[str | None] | None) -> list[str]:
+        """Captions of chips: the given ones, the rest generated (loaded on first need, cached on disk)."""
+        assert self.captioner_spec is not None
+        captions: list[str | None] = list(given) if given is not None else [None] * len(chips)
+        missing = [i for i, c in enumerate(captions) if c is None]
+        if missing:
+            captioner = load_captioner(self.captioner_spec, self.spec.device, self.spec.precision)
+            for i, text in zip(missing, captioner.caption(chips[missing])):
+                captions[i] = text
+        return [str(c) for c in captions]
+
+    def classify(
+        self, chips: np.ndarray, captions: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, list[str] | None]:
+        """Class probabilities (N, C) on CPU and captions (or ``None``) for (N, H, W, 3) uint8 chips.
+
+        Args:
+            chips: the chips, exactly as the classifier sees them.
+            captions: captions made earlier (a separate captioning stage); missing
+                ones (``None``) are generated here.
+        """
+        if len(chips) == 0:
+            return torch.zeros((0, len(self.spec.labels))), [] if self.writes_captions else None
+        with self._lock, torch.no_grad():
+            texts = self._caption(chips, captions) if self.writes_captions else None
+            images = self.clip.preprocess(chips)
+            logits = self.head.logits(images, texts)
+            return logits.float().softmax(dim=-1).cpu(), texts
 
     def probabilities(self, chips: np.ndarray) -> torch.Tensor:
         """Class probabilities (N, C) float32 on CPU for (N, H, W, 3) uint8 chips."""
-        if len(chips) == 0:
-            return torch.zeros((0, len(self.spec.labels)))
-        with self._lock, torch.inference_mode():
-            images = self.clip.preprocess(chips)
-            logits = self.head.logits(images)
-            return logits.float().softmax(dim=-1).cpu()
+        return self.classify(chips)[0]
 
 
 _CLASSIFIERS: dict[ClassifierSpec, Classifier] = {}

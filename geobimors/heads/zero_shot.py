@@ -16,7 +16,7 @@ from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES, fill_templates
 class ZeroShotHead(Head):
     """Classifies by similarity to averaged text features of templated prompts.
 
-    Text features are computed once, when the head is built.
+    Text features are computed once per label set.
     """
 
     kind = "zero-shot"
@@ -27,12 +27,23 @@ class ZeroShotHead(Head):
     ) -> None:
         super().__init__(clip, labels)
         self.templates = tuple(templates)
-        prompts = [p for label in self.labels for p in fill_templates(label.prompt, self.templates)]
-        features = clip.encode_texts(prompts).view(len(self.labels), len(self.templates), -1)
-        self.register_buffer("class_features", F.normalize(features.mean(dim=1), dim=-1), persistent=False)
+        self.register_buffer("class_features", self._class_features(), persistent=False)
 
-    @torch.inference_mode()
-    def logits(self, images: torch.Tensor, captions: Sequence[str] | None = None) -> torch.Tensor:
+    def _class_features(self) -> torch.Tensor:
+        prompts = [p for label in self.labels for p in fill_templates(label.prompt, self.templates)]
+        features = self.clip.encode_texts(prompts).view(len(self.labels), len(self.templates), -1)
+        return F.normalize(features.mean(dim=1), dim=-1)
+
+    def set_labels(self, labels: Sequence[Label]) -> None:
+        """Classify among other classes."""
+        super().set_labels(labels)
+        self.class_features = self._class_features()
+
+    def forward(self, images: torch.Tensor, caption_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled cosine similarities (N, C) between images and class text features."""
         image_features = self.clip.encode_images(images)
         return self.clip.logit_scale * image_features @ self.class_features.T
+
+    def config(self) -> dict[str, object]:
+        """The prompt templates."""
+        return {"templates": list(self.templates)}

@@ -24,7 +24,6 @@ class BundledModel:
         chip_size: chip edge in pixels at ``gsd`` that the model expects.
         gsd: native ground resolution in metres per pixel.
         description: one line for listings.
-
     """
 
     name: str

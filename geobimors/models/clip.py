@@ -52,7 +52,6 @@ class ModelSource:
             hub id / directory.
         weights: pretrained tag, local file, ``hf-hub:ORG/REPO/FILE``, or
             ``None`` for random weights.
-
     """
 
     name: str
@@ -73,7 +72,6 @@ def resolve_model_name(name: str) -> ModelSource:
     Raises:
         ModelError: for unknown architectures or tags, missing files, or an
             architecture given without weights.
-
     """
     from geobimors.models import bundled
 
@@ -186,7 +184,6 @@ def resolve_device(device: str) -> torch.device:
 
     Raises:
         ModelError: for unknown devices or CUDA without a GPU.
-
     """
     device = device.lower()
     if device == "auto":
@@ -205,7 +202,6 @@ def check_precision(precision: str, device: torch.device) -> str:
 
     Raises:
         ModelError: for unknown precisions or fp16 on CPU.
-
     """
     if precision not in PRECISIONS:
         raise ModelError(f"--precision {precision!r}: use fp32, bf16 or fp16")
@@ -226,7 +222,6 @@ class ClipModel:
         image_size: model input size (height, width).
         native_gsd: ground resolution (m/px) the model was trained at, if known.
         default_chip_size: chip size (px at ``native_gsd``) the model expects, if known.
-
     """
 
     def __init__(
@@ -284,14 +279,55 @@ class ClipModel:
         """Normalise (N, 3, H, W) float images in 0..1 with the model's mean and std."""
         return (images - self._mean) / self._std
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features (float32) of preprocessed images."""
         with self.autocast():
             features = self.model.encode_image(images)
         return F.normalize(features.float(), dim=-1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
+    def encode_images_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features and the visual tokens they were pooled from, in one forward pass.
+
+        Tokens are the vision transformer's output tokens (ViTs), or the positions
+        of the last feature map (CNNs), as (N, T, W) float32.
+
+        Returns:
+            L2-normalised features (N, E) and tokens (N, T, W).
+
+        Raises:
+            ModelError: for image towers that expose no tokens.
+        """
+        from open_clip.timm_model import TimmModel
+
+        visual = self.model.visual
+        captured: list[torch.Tensor] = []
+        with self.autocast():
+            if isinstance(visual, TimmModel):
+                feature_map = visual.trunk.forward_features(images)
+                features = visual.head(visual.trunk.forward_head(feature_map))
+                captured.append(feature_map)
+            elif hasattr(visual, "transformer") or getattr(visual, "attnpool", None) is not None:
+                if hasattr(visual, "transformer"):
+                    hook = visual.transformer.register_forward_hook(lambda m, i, o: captured.append(o))
+                else:
+                    hook = visual.attnpool.register_forward_pre_hook(lambda m, i: captured.append(i[0]))
+                try:
+                    features = visual(images)
+                finally:
+                    hook.remove()
+            else:
+                raise ModelError(
+                    f"model {self.name!r}: its image tower ({type(visual).__name__}) exposes no visual tokens, "
+                    "which CoCoOp-style and BiMoRS heads need"
+                )
+        tokens = captured[-1].float()
+        if tokens.dim() == 4:  # (N, C, H, W) feature map -> (N, H*W, C) positions
+            tokens = tokens.flatten(2).transpose(1, 2)
+        return F.normalize(features.float(), dim=-1), tokens
+
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """L2-normalised text features (float32), encoded in batches."""
         out = []
@@ -375,7 +411,6 @@ def load_model(name: str, device: str = "auto", precision: str = "fp32") -> Clip
 
     Raises:
         ModelError: if the name is unknown or the weights cannot be obtained or loaded.
-
     """
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)

@@ -35,7 +35,6 @@ class GridSpec:
             ``chip_size``; must be smaller than the chip.
         gsd: ground sample distance of the chips in metres per pixel; chips
             are resampled to it. ``None`` keeps the scene's resolution.
-
     """
 
     chip_size: Length = field(default_factory=lambda: Length(224, "px"))
@@ -72,7 +71,6 @@ class Chip:
         col_off: first scene column of the window.
         height: window height in scene pixels.
         width: window width in scene pixels.
-
     """
 
     row: int
@@ -103,7 +101,6 @@ class ChipGrid:
         stride_y: row step between chips in scene pixels.
         out_width: chip width after resampling (what the model sees before its own resize).
         out_height: chip height after resampling.
-
     """
 
     width: int
@@ -207,7 +204,6 @@ def window_corners(transform: Affine, windows: np.ndarray) -> tuple[np.ndarray, 
 
     Returns:
         Two (N, 4) arrays of x and y: top-left, top-right, bottom-right, bottom-left.
-
     """
     windows = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
     c0, r0 = windows[:, 0], windows[:, 1]
@@ -223,7 +219,6 @@ def metres_per_unit(info: SceneInfo) -> tuple[float, float]:
 
     Raises:
         InputError: if the scene has no CRS.
-
     """
     crs = info.crs
     if crs is None:
@@ -257,7 +252,6 @@ def build_grid(info: SceneInfo, spec: GridSpec) -> ChipGrid:
     Raises:
         InputError: if sizes cannot be converted, the overlap is not smaller
             than the chip, or the chip is larger than the scene.
-
     """
     needs_metres = spec.chip_size.is_ground or spec.overlap.is_ground or spec.gsd is not None
     px_x, px_y = info.pixel_size

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 
 from geobimors.raster.grid import Chip, ChipGrid
 from geobimors.raster.scaling import ScaleRange, valid_mask
@@ -49,7 +50,6 @@ class ReadSpec:
         scale: scene-level range to 8 bits, or ``None`` to pass 8-bit data through.
         nodata: nodata value overriding the scene's masks, or ``None``.
         min_valid: chips with a smaller fraction of valid pixels are skipped.
-
     """
 
     path: str
@@ -80,13 +80,14 @@ class ChipBatch:
         valid_fraction: (N,) fraction of each chip's pixels that are valid;
             padding past the scene edge counts as invalid.
         keep: (N,) True for chips to classify (enough valid pixels).
-
+        errors: per chip, the read error (``None`` when the read worked).
     """
 
     chips: list[Chip]
     pixels: np.ndarray
     valid_fraction: np.ndarray
     keep: np.ndarray
+    errors: list[str | None]
 
 
 class ChipReader:
@@ -102,7 +103,6 @@ class ChipReader:
 
         Returns:
             The (H, W, 3) uint8 chip and its valid-pixel fraction.
-
         """
         spec, grid = self.spec, self.spec.grid
         ds = thread_dataset(spec.path)
@@ -125,10 +125,18 @@ class ChipReader:
         return np.ascontiguousarray(rgb.transpose(1, 2, 0)), float(valid.mean())
 
     def read_batch(self, chips: list[Chip]) -> ChipBatch:
-        """Read a batch of chips and mark the ones to classify."""
+        """Read a batch of chips and mark the ones to classify.
+
+        A window GDAL cannot read (a corrupt block, a dropped connection) fails
+        that chip only; the error is kept and the rest of the batch goes on.
+        """
         out = np.zeros((len(chips), self.spec.grid.out_height, self.spec.grid.out_width, 3), dtype=np.uint8)
         fractions = np.zeros(len(chips), dtype=np.float32)
+        errors: list[str | None] = [None] * len(chips)
         for i, chip in enumerate(chips):
-            out[i], fractions[i] = self.read(chip)
+            try:
+                out[i], fractions[i] = self.read(chip)
+            except RasterioError as exc:
+                errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
         keep = (fractions >= self.spec.min_valid) & (fractions > 0)
-        return ChipBatch(chips, out, fractions, keep)
+        return ChipBatch(chips, out, fractions, keep, errors)

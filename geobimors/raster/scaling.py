@@ -37,7 +37,6 @@ class ScaleRange:
         low: value mapped to 0, per selected band (R, G, B order).
         high: value mapped to 255, per selected band.
         source: how the range was obtained, for summaries.
-
     """
 
     low: tuple[float, float, float]
@@ -102,7 +101,6 @@ def scene_scale_range(
     Returns:
         The range, or ``None`` for 8-bit scenes without a manual range (their
         pixels pass through unchanged).
-
     """
     if manual is not None:
         low, high = parse_scale_range(manual)
@@ -172,7 +170,6 @@ def valid_mask(
         window: the window read.
         shape: the (H, W) output shape of the read.
         nodata: nodata value overriding the dataset's masks.
-
     """
     if nodata is not None:
         valid = np.all(data != nodata, axis=0)

@@ -53,7 +53,6 @@ class SceneInfo:
         nodata: nodata value of the first band, or ``None``.
         colorinterp: colour interpretation name of each band.
         overview_factors: decimation factors of the overviews of band 1.
-
     """
 
     path: str
@@ -99,7 +98,6 @@ def open_scene(path: str | os.PathLike[str], allow_no_crs: bool = False) -> Scen
     Raises:
         InputError: if the scene is missing, unreadable, not a raster, empty,
             or has no CRS (unless ``allow_no_crs``).
-
     """
     text = os.fspath(path)
     target = gdal_path(text)
@@ -155,7 +153,6 @@ class BandSelection:
     Attributes:
         indexes: three 1-based band indexes (the same band thrice for grey).
         description: how the choice was made, for summaries.
-
     """
 
     indexes: tuple[int, int, int]
@@ -180,7 +177,6 @@ def select_bands(info: SceneInfo, bands: Sequence[int] | None = None) -> BandSel
     Raises:
         InputError: if an index is out of range, the count is not 1 or 3, or
             the scene's bands cannot be chosen without ``bands``.
-
     """
     if bands is not None:
         bands = [int(b) for b in bands]

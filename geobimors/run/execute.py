@@ -30,7 +30,6 @@ class Outcome:
         args: the task's arguments.
         result: the task's return value (``None`` when it failed).
         error: the exception it raised, or ``None``.
-
     """
 
     index: int
@@ -46,7 +45,6 @@ class LocalExecutor:
         threads: tasks running at once (reads of one overlap compute of another).
         wave: tasks per Dask graph; graphs are computed one after another so
             that national-scale runs never build one huge graph.
-
     """
 
     description = "in-process (Dask threads)"
@@ -101,3 +99,130 @@ class LocalExecutor:
 
     def close(self) -> None:
         """Release resources (nothing to release in-process)."""
+
+
+class DistributedExecutor:
+    """Runs tasks on a ``dask.distributed`` cluster and streams outcomes as they finish.
+
+    Tasks carry only small values (scene path, chip windows, model settings);
+    workers read their own windows and keep their own models. A bounded number
+    of tasks is in flight, so the scheduler never holds a national-scale graph.
+    A worker that dies has its tasks rerun elsewhere by the scheduler.
+
+    Args:
+        address: scheduler address (``tcp://host:port``); ``None`` with
+            ``workers`` starts a local cluster of that many processes.
+        workers: worker processes of a local cluster.
+        gpu: tasks ask for one ``GPU`` resource (workers started with
+            ``--resources GPU=1``, or dask-cuda's ``LocalCUDACluster``).
+        in_flight: tasks submitted ahead per worker thread.
+    """
+
+    def __init__(
+        self, address: str | None = None, workers: int | None = None, gpu: bool = False, in_flight: int = 4
+    ) -> None:
+        import os
+
+        import logging
+
+        from distributed import Client, LocalCluster
+
+        from geobimors.errors import InputError
+        from geobimors.run.plugins import TorchThreads
+
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:
+            # distributed sets its loggers to INFO on import; its chatter is noise unless --debug.
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+
+        self.cluster = None
+        self.gpu = gpu
+        if address is not None:
+            try:
+                self.client = Client(address, timeout="20s")
+            except (OSError, TimeoutError) as exc:
+                raise InputError(
+                    f"cannot reach the Dask scheduler at {address} ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                    "check the address and that `dask scheduler` is running"
+                ) from None
+            self.description = f"Dask cluster at {address}"
+        else:
+            n = max(1, workers or 1)
+            cores = os.cpu_count() or 1
+            threads = max(1, cores // n)
+            self.cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=threads,
+                processes=True,
+                dashboard_address=":0",
+                resources={"GPU": 1} if gpu else None,
+                silence_logs=50,
+            )
+            self.client = Client(self.cluster)
+            self.client.register_plugin(TorchThreads(threads))  # N workers must not each use every core
+            self.description = f"local Dask cluster, {n} worker processes x {threads} threads"
+        self.in_flight = max(1, in_flight)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """URL of the Dask dashboard, when one runs."""
+        try:
+            return str(self.client.dashboard_link)
+        except Exception:  # no dashboard (bokeh missing or disabled)
+            return None
+
+    def _slots(self) -> int:
+        threads = sum(self.client.nthreads().values()) or 1
+        return threads * self.in_flight
+
+    def map(self, fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]]) -> Iterator[Outcome]:
+        """Run ``fn(*args)`` on the cluster; yield outcomes as they finish."""
+        from distributed import as_completed
+
+        resources = {"GPU": 1} if self.gpu else None
+        numbered = enumerate(tasks)
+        pending: dict[Any, tuple[int, tuple[Any, ...]]] = {}
+
+        def submit(count: int) -> list[Any]:
+            futures = []
+            for index, args in islice(numbered, count):
+                future = self.client.submit(fn, *args, pure=False, resources=resources, retries=1)
+                pending[future] = (index, args)
+                futures.append(future)
+            return futures
+
+        stream = as_completed(submit(self._slots()))
+        try:
+            for future in stream:
+                index, args = pending.pop(future)
+                try:
+                    yield Outcome(index, args, result=future.result())
+                except Exception as exc:  # the task's own error, reported to the consumer
+                    yield Outcome(index, args, error=exc)
+                finally:
+                    future.release()
+                for new in submit(1):
+                    stream.add(new)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        """Disconnect, and stop the local cluster if this executor started one."""
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_executor(
+    scheduler: str | None = None, workers: int | None = None, gpu: bool = False
+) -> LocalExecutor | DistributedExecutor:
+    """The executor for the options: a cluster address, a local cluster size, or in-process.
+
+    ``DASK_SCHEDULER_ADDRESS`` in the environment counts as ``scheduler``.
+    """
+    import os
+
+    address = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+    if address is not None or workers:
+        return DistributedExecutor(address, workers, gpu)
+    return LocalExecutor(threads=4 if gpu else 2)

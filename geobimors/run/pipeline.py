@@ -18,11 +18,11 @@ import pyarrow as pa
 from geobimors.errors import GeobimorsError, RunError
 from geobimors.heads.classifier import get_classifier
 from geobimors.progress import Progress
-from geobimors.run.execute import LocalExecutor, Outcome
+from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
 from geobimors.run.plan import ScenePlan
-from geobimors.run.store import RunStore, label_columns, result_table
-from geobimors.run.tasks import BatchResult, classify_batch
-from geobimors.vector.gpkg import GeoPackageWriter, check_output, records_to_frame
+from geobimors.run.store import RunLock, RunStore, captions_table, label_columns, result_table
+from geobimors.run.tasks import BatchResult, CaptionResult, caption_batch, classify_batch
+from geobimors.vector.gpkg import FAILED_LAYER, GeoPackageWriter, check_output, failed_to_frame, records_to_frame
 
 
 @dataclass
@@ -37,7 +37,8 @@ class RunSummary:
         label_counts: chips per label (top-1).
         elapsed: seconds from start to end.
         resumed_chips: chips taken from an earlier interrupted run.
-
+        n_failed: chips whose windows could not be read (in the ``failed`` layer).
+        first_failure: where and why the first of them failed.
     """
 
     plan: ScenePlan
@@ -47,18 +48,21 @@ class RunSummary:
     label_counts: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
     resumed_chips: int = 0
+    n_failed: int = 0
+    first_failure: str | None = None
 
     @property
     def chips_per_second(self) -> float:
         """Chips processed in this run per second (resumed chips excluded)."""
-        processed = self.n_classified + self.n_skipped - self.resumed_chips
+        processed = self.n_classified + self.n_skipped + self.n_failed - self.resumed_chips
         return processed / self.elapsed if self.elapsed > 0 else 0.0
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
-        total = self.n_classified + self.n_skipped
+        total = self.n_classified + self.n_skipped + self.n_failed
+        failed = f", {self.n_failed} failed (unreadable)" if self.n_failed else ""
         out = [
-            f"chips: {self.n_classified} classified, {self.n_skipped} skipped (mostly nodata) of {total}",
+            f"chips: {self.n_classified} classified, {self.n_skipped} skipped (mostly nodata){failed} of {total}",
             f"grid: {self.plan.grid.describe()}",
         ]
         if total - self.resumed_chips > 0:
@@ -78,55 +82,108 @@ class RunSummary:
         return out
 
 
-def _tasks(plan: ScenePlan, skip: set[int], with_probabilities: bool) -> Iterator[tuple[object, ...]]:
+Executor = LocalExecutor | DistributedExecutor
+
+
+def _caption_stage(
+    plan: ScenePlan,
+    executor: Executor,
+    known: dict[int, str],
+    done: set[int],
+    on_result: Callable[[CaptionResult], None],
+    progress_mode: str = "none",
+) -> dict[int, str]:
+    """Caption every valid chip (batches not in ``done``); returns all captions by chip index."""
+    assert plan.captioner is not None
+    size = plan.settings.caption_batch_size
+    tasks = (
+        (plan.read, plan.captioner, plan.settings.device, plan.settings.precision, plan.batch(i, size))
+        for i in range(plan.n_caption_batches)
+        if i not in done
+    )
+    captions = dict(known)
+    initial = sum(plan.batch(i, size).stop - plan.batch(i, size).start for i in done)
+    progress = Progress(plan.n_chips, progress_mode, desc="captions", initial=initial)
+    try:
+        for outcome in executor.map(caption_batch, tasks):
+            if outcome.error is not None:
+                raise _task_error(plan, outcome, 4)
+            result: CaptionResult = outcome.result
+            captions.update(zip(result.chips.tolist(), result.captions))
+            on_result(result)
+            progress.update(result.batch.stop - result.batch.start)
+    finally:
+        progress.close()
+    return captions
+
+
+def _tasks(
+    plan: ScenePlan, skip: set[int], with_probabilities: bool, captions: dict[int, str] | None
+) -> Iterator[tuple[object, ...]]:
     for index in range(plan.n_batches):
-        if index not in skip:
-            yield (plan.read, plan.classifier, plan.batch(index), plan.top_k, with_probabilities)
+        if index in skip:
+            continue
+        batch = plan.batch(index)
+        mine = {i: captions[i] for i in range(batch.start, batch.stop) if i in captions} if captions else None
+        yield (plan.read, plan.classifier, batch, plan.top_k, with_probabilities, mine)
 
 
 def execute_plan(
     plan: ScenePlan,
     on_result: Callable[[BatchResult], None],
     skip: set[int] | None = None,
-    executor: LocalExecutor | None = None,
+    executor: Executor | None = None,
     progress: Progress | None = None,
     with_probabilities: bool = False,
+    captions: dict[int, str] | None = None,
 ) -> None:
     """Run every batch of a plan (except ``skip``) and hand each result to ``on_result``.
 
-    The classifier is loaded here first, so a bad model fails before any work.
+    Args:
+        plan: the plan.
+        on_result: called with each batch result as it arrives (in completion order).
+        skip: batch indexes already done.
+        executor: where tasks run (in-process Dask by default).
+        progress: counts chips.
+        with_probabilities: results carry every class probability.
+        captions: captions from the captioning stage, by chip index.
 
     Raises:
         GeobimorsError: when a task fails; the message names the chip window.
-
     """
-    get_classifier(plan.classifier)
     executor = executor or LocalExecutor()
-    outcome: Outcome
-    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), with_probabilities)):
+    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), with_probabilities, captions)):
         if outcome.error is not None:
-            raise _task_error(plan, outcome)
+            raise _task_error(plan, outcome, 2)
         result: BatchResult = outcome.result
         on_result(result)
         if progress is not None:
             progress.update(len(result.rows))
 
 
-def _task_error(plan: ScenePlan, outcome: Outcome) -> GeobimorsError:
+def _task_error(plan: ScenePlan, outcome: Outcome, batch_arg: int) -> GeobimorsError:
     error = outcome.error
     if isinstance(error, GeobimorsError):
         return error
-    batch = outcome.args[2]
+    batch = outcome.args[batch_arg]
     first = next(plan.grid.chips(batch.start, batch.start + 1))
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return RunError(
         f"batch {batch.index} failed at chip row {first.row}, col {first.col} "
-        f"(window col_off={first.col_off}, row_off={first.row_off}): {text}"
+        f"(window col_off={first.col_off}, row_off={first.row_off}): {type(error).__name__}: {text}"
     )
 
 
 def _output_columns(plan: ScenePlan) -> list[str]:
-    return [name for pair in label_columns(plan.top_k) for name in pair]
+    columns = [name for pair in label_columns(plan.top_k) for name in pair]
+    return [*columns, "caption"] if plan.writes_captions else columns
+
+
+def _extra_columns(plan: ScenePlan) -> dict[str, str]:
+    extra = {"model": plan.classifier.model}
+    if plan.settings.head:
+        extra["head"] = Path(plan.settings.head).name
+    return extra
 
 
 def map_to_file(
@@ -136,13 +193,15 @@ def map_to_file(
     regions: bool = False,
     restart: bool = False,
     progress_mode: str = "bar",
-    executor: LocalExecutor | None = None,
+    executor: Executor | None = None,
+    on_start: Callable[[Executor], None] | None = None,
 ) -> RunSummary:
     """Run a plan and write the labeled chips to a GeoPackage.
 
     Finished batches go to a sidecar store as they arrive; an interrupted run
     resumes from it when the same command runs again. The GeoPackage is written
-    to a temporary file and renamed into place, then the store is removed.
+    to a temporary file and renamed into place, then the store is removed. A
+    lock keeps a second run from writing the same output at the same time.
 
     Args:
         plan: the validated plan.
@@ -151,55 +210,85 @@ def map_to_file(
         regions: add a ``regions`` layer of dissolved same-label chips.
         restart: discard a stored unfinished run instead of resuming it.
         progress_mode: ``bar``, ``jsonl`` or ``none``.
-        executor: where tasks run (in-process by default).
+        executor: where tasks run (in-process Dask by default).
+        on_start: called with the executor once the model is loaded (e.g. to print the dashboard link).
 
     Returns:
         The run summary.
-
     """
     start = time.monotonic()
     out = check_output(output, overwrite)
     summary = RunSummary(plan, output=out)
-    get_classifier(plan.classifier)  # a bad model fails before a store is created
-    store = RunStore.open(out, plan.fingerprint(), restart=restart)
-    done = store.done()
-    summary.resumed_chips = sum(len(range(plan.batch(i).start, plan.batch(i).stop)) for i in done)
-    class_names = plan.classifier.class_names
-    progress = Progress(plan.n_chips, progress_mode, initial=summary.resumed_chips)
-    try:
-        execute_plan(
-            plan,
-            lambda result: store.write(result.batch.index, result_table(result, class_names, plan.top_k)),
-            skip=done,
-            executor=executor,
-            progress=progress,
-        )
-    finally:
-        progress.close()
-    columns = _output_columns(plan)
-    extra = {"model": plan.settings.model}
-    with GeoPackageWriter(out, overwrite, plan.describe()) as writer:
-        for table in store.tables():
-            _count(summary, table)
-            writer.append(records_to_frame(table, plan.scene.transform, plan.scene.crs, columns, extra))
-        writer.finish(class_names, regions=regions)
-    store.remove()
+    executor = executor or LocalExecutor()
+    with RunLock(out):
+        if isinstance(executor, LocalExecutor):
+            get_classifier(plan.classifier)  # a bad model fails before a store is created
+        store = RunStore.open(out, plan.fingerprint(), restart=restart)
+        if on_start is not None:
+            on_start(executor)
+        captions = None
+        if plan.writes_captions:
+            captions = _caption_stage(
+                plan,
+                executor,
+                store.captions(),
+                store.done("captions"),
+                lambda r: store.write(r.batch.index, captions_table(r.chips, r.captions), "captions"),
+                progress_mode,
+            )
+        done = store.done()
+        summary.resumed_chips = sum(plan.batch(i).stop - plan.batch(i).start for i in done)
+        class_names = plan.classifier.class_names
+        progress = Progress(plan.n_chips, progress_mode, initial=summary.resumed_chips)
+        try:
+            execute_plan(
+                plan,
+                lambda result: store.write(result.batch.index, result_table(result, class_names, plan.top_k)),
+                skip=done,
+                executor=executor,
+                progress=progress,
+                captions=captions,
+            )
+        finally:
+            progress.close()
+        columns = _output_columns(plan)
+        extra = _extra_columns(plan)
+        transform, crs = plan.scene.transform, plan.scene.crs
+        with GeoPackageWriter(out, overwrite, plan.describe()) as writer:
+            for table in store.tables():
+                _count(summary, table)
+                writer.append(records_to_frame(table, transform, crs, columns, extra))
+                writer.append(failed_to_frame(table, transform, crs), FAILED_LAYER)
+            writer.finish(class_names, regions=regions)
+        store.remove()
     summary.elapsed = time.monotonic() - start
-    progress.event("done", output=str(out))
+    progress.event("done", output=str(out), failed=summary.n_failed)
     return summary
 
 
 def _count(summary: RunSummary, table: pa.Table) -> None:
     classified = table.column("classified").to_numpy(zero_copy_only=False)
+    failed = table.column("failed").to_numpy(zero_copy_only=False)
     summary.n_classified += int(classified.sum())
-    summary.n_skipped += int((~classified).sum())
+    summary.n_skipped += int((~classified & ~failed).sum())
+    summary.n_failed += int(failed.sum())
+    if failed.any() and summary.first_failure is None:
+        row = int(failed.argmax())
+        summary.first_failure = (
+            f"row {table.column('row')[row].as_py()}, col {table.column('col')[row].as_py()}: "
+            f"{table.column('error')[row].as_py()}"
+        )
     summary.label_counts.update(label for label in table.column("label").to_pylist() if label is not None)
 
 
-def map_plan(plan: ScenePlan, progress_mode: str = "bar", executor: LocalExecutor | None = None) -> gpd.GeoDataFrame:
+def map_plan(plan: ScenePlan, progress_mode: str = "bar", executor: Executor | None = None) -> gpd.GeoDataFrame:
     """Run a plan and return the labeled chips as a GeoDataFrame (no file written)."""
     tables: dict[int, pa.Table] = {}
     class_names = plan.classifier.class_names
+    executor = executor or LocalExecutor()
+    captions = None
+    if plan.writes_captions:
+        captions = _caption_stage(plan, executor, {}, set(), lambda r: None, progress_mode)
     progress = Progress(plan.n_chips, progress_mode)
     try:
         execute_plan(
@@ -207,10 +296,9 @@ def map_plan(plan: ScenePlan, progress_mode: str = "bar", executor: LocalExecuto
             lambda result: tables.__setitem__(result.batch.index, result_table(result, class_names, plan.top_k)),
             executor=executor,
             progress=progress,
+            captions=captions,
         )
     finally:
         progress.close()
     table = pa.concat_tables([tables[i] for i in sorted(tables)])
-    return records_to_frame(
-        table, plan.scene.transform, plan.scene.crs, _output_columns(plan), {"model": plan.settings.model}
-    )
+    return records_to_frame(table, plan.scene.transform, plan.scene.crs, _output_columns(plan), _extra_columns(plan))

@@ -10,11 +10,13 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from geobimors import __version__
 from geobimors.errors import InputError
 from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label
+from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import resolve_model_name
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid
 from geobimors.raster.read import ReadSpec
@@ -32,7 +34,6 @@ class Batch:
         index: batch number (results are written in this order).
         start: first linear chip index.
         stop: one past the last linear chip index.
-
     """
 
     index: int
@@ -67,12 +68,14 @@ class MapSettings:
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16``.
         allow_no_crs: accept scenes without a CRS.
-
+        head: trained head checkpoint (``None``: zero-shot). Without ``labels``
+            the head's training classes are used; without ``model``, its CLIP.
+        caption_batch_size: chips per captioning task (captioning is a stage of its own).
     """
 
     scene: str
-    labels: tuple[Label, ...]
-    model: str = DEFAULT_MODEL
+    labels: tuple[Label, ...] = ()
+    model: str | None = None
     chip_size: str | None = None
     overlap: str = "0"
     gsd: float | None = None
@@ -87,6 +90,8 @@ class MapSettings:
     device: str = "auto"
     precision: str = "fp32"
     allow_no_crs: bool = False
+    head: str | None = None
+    caption_batch_size: int = 16
 
 
 @dataclass
@@ -100,7 +105,6 @@ class ScenePlan:
         read: how tasks read chips.
         classifier: how tasks build the classifier.
         band_description: which bands make the RGB chips.
-
     """
 
     settings: MapSettings
@@ -109,16 +113,29 @@ class ScenePlan:
     read: ReadSpec
     classifier: ClassifierSpec
     band_description: str
+    head_kind: str = "zero-shot"
+    captioner: CaptionerSpec | None = None
+
+    @property
+    def writes_captions(self) -> bool:
+        """True when a captioning stage runs and chips get a caption attribute."""
+        return self.captioner is not None
 
     @property
     def n_batches(self) -> int:
         """Number of batches (tasks)."""
         return -(-len(self.grid) // self.settings.batch_size)
 
-    def batch(self, index: int) -> Batch:
-        """The ``index``-th batch: a range of chips in row-major order."""
-        start = index * self.settings.batch_size
-        return Batch(index, start, min(start + self.settings.batch_size, len(self.grid)))
+    def batch(self, index: int, size: int | None = None) -> Batch:
+        """The ``index``-th batch of ``size`` chips (default: the batch size), row-major."""
+        size = size or self.settings.batch_size
+        start = index * size
+        return Batch(index, start, min(start + size, len(self.grid)))
+
+    @property
+    def n_caption_batches(self) -> int:
+        """Number of captioning tasks."""
+        return -(-len(self.grid) // self.settings.caption_batch_size)
 
     @property
     def n_chips(self) -> int:
@@ -128,7 +145,7 @@ class ScenePlan:
     @property
     def top_k(self) -> int:
         """Best labels kept per chip (at most the number of labels)."""
-        return min(self.settings.top_k, len(self.settings.labels))
+        return min(self.settings.top_k, len(self.classifier.labels))
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the output (resume refuses a different one)."""
@@ -137,8 +154,9 @@ class ScenePlan:
             "scene": self.scene.path,
             "scene_shape": [self.scene.width, self.scene.height, self.scene.count],
             "transform": list(self.scene.transform)[:6],
-            "labels": [asdict(label) for label in s.labels],
-            "model": s.model,
+            "labels": [asdict(label) for label in self.classifier.labels],
+            "model": self.classifier.model,
+            "head": _file_digest(s.head) if s.head else None,
             "templates": list(self.classifier.templates),
             "grid": [
                 self.grid.chip_width,
@@ -163,9 +181,9 @@ class ScenePlan:
         return {
             "geobimors_version": __version__,
             "scene": self.scene.path,
-            "model": self.settings.model,
-            "head": "zero-shot",
-            "labels": ", ".join(label.name for label in self.settings.labels),
+            "model": self.classifier.model,
+            "head": f"{self.head_kind} ({self.settings.head})" if self.settings.head else "zero-shot",
+            "labels": ", ".join(self.classifier.class_names),
             "grid": self.grid.describe(),
             "bands": self.band_description,
             "scaling": self.read.scale.describe() if self.read.scale else "8-bit, unchanged",
@@ -182,22 +200,18 @@ def model_defaults(model: str) -> tuple[int | None, float | None]:
     return None, None
 
 
-def plan_map(settings: MapSettings) -> ScenePlan:
-    """Validate settings against the scene and model, and cut the scene into batches.
+def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid, ReadSpec, str]:
+    """Open the scene and work out its chip grid and how to read chips (no labels needed).
+
+    Returns:
+        The scene, the grid, the read spec and a description of the bands used.
 
     Raises:
-        InputError: for any bad input (see the messages).
-
+        InputError: for bad scenes, bands, sizes or scaling options.
     """
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
-    if settings.top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {settings.top_k}")
     if not 0.0 <= settings.min_valid <= 1.0:
         raise InputError(f"--min-valid must be between 0 and 1, got {settings.min_valid}")
-    if len(settings.labels) < 2:
-        raise InputError("classification needs at least two labels")
-    default_chip, native_gsd = model_defaults(settings.model)
+    default_chip, native_gsd = model_defaults(model)
     scene = open_scene(settings.scene, allow_no_crs=settings.allow_no_crs)
     selection = select_bands(scene, settings.bands)
     chip_size = settings.chip_size if settings.chip_size is not None else (default_chip or 224)
@@ -209,8 +223,43 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         scene, selection.indexes, settings.percentiles, manual=settings.scale_range, nodata=settings.nodata
     )
     read = ReadSpec(scene.path, grid, selection.indexes, scale, settings.nodata, settings.min_valid)
-    classifier = ClassifierSpec(settings.model, settings.labels, settings.device, settings.precision)
-    return ScenePlan(settings, scene, grid, read, classifier, selection.description)
+    return scene, grid, read, selection.description
+
+
+def plan_map(settings: MapSettings) -> ScenePlan:
+    """Validate settings against the scene, model and head, and plan the batches.
+
+    Raises:
+        InputError: for any bad input (see the messages).
+    """
+    from geobimors.heads.checkpoint import checkpoint_labels, read_metadata
+
+    if settings.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {settings.top_k}")
+    metadata = read_metadata(settings.head) if settings.head else None
+    model = settings.model or (str(metadata["clip_model"]) if metadata else DEFAULT_MODEL)
+    labels = settings.labels or (tuple(checkpoint_labels(metadata)) if metadata else ())
+    if len(labels) < 2:
+        raise InputError("classification needs at least two labels; pass --labels FILE")
+    scene, grid, read, bands = plan_reading(settings, model)
+    head = str(Path(settings.head).absolute()) if settings.head else None
+    classifier = ClassifierSpec(model, tuple(labels), settings.device, settings.precision, head=head)
+    plan = ScenePlan(settings, scene, grid, read, classifier, bands)
+    if settings.caption_batch_size < 1:
+        raise InputError(f"--caption-batch-size must be at least 1, got {settings.caption_batch_size}")
+    if metadata:
+        plan.head_kind = str(metadata["head"])
+        captioner = metadata["config"].get("captioner")
+        if metadata["head"] == "bimors" and captioner and captioner.get("name", "none") != "none":
+            plan.captioner = CaptionerSpec(**captioner)
+    return plan
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's bytes (a retrained head changes the run's fingerprint)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
 
 
 def labels_tuple(labels: Sequence[Label]) -> tuple[Label, ...]:

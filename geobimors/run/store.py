@@ -50,6 +50,8 @@ def result_table(result: BatchResult, class_names: list[str], top_k: int) -> pa.
         "height": pa.array(windows[:, 3].astype(np.int32)),
         "valid_fraction": pa.array(result.valid_fraction.astype(np.float32)),
         "classified": pa.array(result.classified),
+        "failed": pa.array(result.failed),
+        "error": pa.array(result.errors or [None] * n, type=pa.string()),
     }
     names = np.asarray(class_names, dtype=object)
     classified = np.flatnonzero(result.classified)
@@ -62,6 +64,10 @@ def result_table(result: BatchResult, class_names: list[str], top_k: int) -> pa.
             scores[classified] = result.top_score[:, rank]
         columns[label_col] = pa.array(labels, type=pa.string())
         columns[score_col] = pa.array(scores, mask=np.isnan(scores))
+    if result.captions is not None:
+        captions = np.full(n, None, dtype=object)
+        captions[classified] = result.captions
+        columns["caption"] = pa.array(captions, type=pa.string())
     return pa.table(columns)
 
 
@@ -71,7 +77,6 @@ class RunStore:
     Args:
         directory: the store directory.
         fingerprint: the plan fingerprint the parts belong to.
-
     """
 
     def __init__(self, directory: Path, fingerprint: str) -> None:
@@ -85,7 +90,6 @@ class RunStore:
         Raises:
             InputError: if a store made with other settings exists and
                 ``restart`` is false.
-
         """
         directory = store_path(output)
         manifest = directory / MANIFEST
@@ -106,31 +110,38 @@ class RunStore:
         _atomic_write_text(manifest, json.dumps({"fingerprint": fingerprint, "geobimors_version": __version__}))
         return cls(directory, fingerprint)
 
-    def part_path(self, index: int) -> Path:
-        """Path of the part of batch ``index``."""
-        return self.directory / f"batch-{index:08d}.parquet"
+    def part_path(self, index: int, kind: str = "batch") -> Path:
+        """Path of part ``index`` of a kind (``batch`` records or ``captions``)."""
+        return self.directory / f"{kind}-{index:08d}.parquet"
 
-    def done(self) -> set[int]:
-        """Indexes of the batches already stored."""
+    def done(self, kind: str = "batch") -> set[int]:
+        """Indexes of the parts already stored (``batch`` records or ``captions``)."""
         found = set()
-        for path in self.directory.glob("batch-*.parquet"):
+        for path in self.directory.glob(f"{kind}-*.parquet"):
             try:
                 found.add(int(path.stem.split("-")[1]))
             except (IndexError, ValueError):
                 continue
         return found
 
-    def write(self, index: int, table: pa.Table) -> None:
-        """Store a batch's records atomically (a crash never leaves half a part)."""
-        path = self.part_path(index)
+    def write(self, index: int, table: pa.Table, kind: str = "batch") -> None:
+        """Store a part atomically (a crash never leaves half a part)."""
+        path = self.part_path(index, kind)
         tmp = path.with_name(path.name + ".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
 
-    def tables(self) -> Iterator[pa.Table]:
-        """Stored parts in batch order."""
-        for index in sorted(self.done()):
-            yield pq.read_table(self.part_path(index))
+    def tables(self, kind: str = "batch") -> Iterator[pa.Table]:
+        """Stored parts in index order."""
+        for index in sorted(self.done(kind)):
+            yield pq.read_table(self.part_path(index, kind))
+
+    def captions(self) -> dict[int, str]:
+        """Every stored caption, by linear chip index."""
+        found: dict[int, str] = {}
+        for table in self.tables("captions"):
+            found.update(zip(table.column("chip").to_pylist(), table.column("caption").to_pylist()))
+        return found
 
     def remove(self) -> None:
         """Delete the store (after the output is complete)."""
@@ -141,3 +152,45 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def captions_table(chips: np.ndarray, captions: list[str]) -> pa.Table:
+    """A captions part: linear chip index and caption."""
+    return pa.table({"chip": pa.array(chips.astype(np.int64)), "caption": pa.array(captions, type=pa.string())})
+
+
+class RunLock:
+    """An exclusive lock on an output: a second run writing the same file refuses.
+
+    The lock is an ``flock`` on ``OUTPUT.lock``, released by the operating
+    system when the process ends in any way (a ``kill -9`` leaves no stale lock).
+    """
+
+    def __init__(self, output: str | os.PathLike[str]) -> None:
+        out = Path(output)
+        self.path = out.with_name(out.name + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise InputError(
+                f"another geobimors run (pid {holder}) is writing {self.path.with_suffix('')}; "
+                "wait for it to finish or choose another output"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from geobimors.heads.classifier import ClassifierSpec, get_classifier
+from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.raster.read import ChipReader, ReadSpec
 from geobimors.run.plan import Batch
 
@@ -31,7 +32,6 @@ class BatchResult:
         top_index: (M, k) label indexes of the k best labels of each classified chip.
         top_score: (M, k) their probabilities.
         probabilities: (M, C) all class probabilities, when asked for.
-
     """
 
     batch: Batch
@@ -43,6 +43,15 @@ class BatchResult:
     top_index: np.ndarray
     top_score: np.ndarray
     probabilities: np.ndarray | None = None
+    captions: list[str] | None = None
+    errors: list[str | None] | None = None
+
+    @property
+    def failed(self) -> np.ndarray:
+        """(N,) True for chips whose window could not be read."""
+        if self.errors is None:
+            return np.zeros(len(self.rows), dtype=bool)
+        return np.array([e is not None for e in self.errors], dtype=bool)
 
     @property
     def n_classified(self) -> int:
@@ -51,7 +60,12 @@ class BatchResult:
 
 
 def classify_batch(
-    read: ReadSpec, classifier: ClassifierSpec, batch: Batch, top_k: int, with_probabilities: bool = False
+    read: ReadSpec,
+    classifier: ClassifierSpec,
+    batch: Batch,
+    top_k: int,
+    with_probabilities: bool = False,
+    captions: dict[int, str] | None = None,
 ) -> BatchResult:
     """Read a batch of chips from the scene and classify the valid ones.
 
@@ -61,14 +75,16 @@ def classify_batch(
         batch: the range of chips.
         top_k: number of best labels to return per chip.
         with_probabilities: also return every class probability.
+        captions: captions from the captioning stage, by linear chip index.
 
     Returns:
         The batch result.
-
     """
     chips = batch.chips(read.grid)
     pixels = ChipReader(read).read_batch(chips)
-    probs = get_classifier(classifier).probabilities(pixels.pixels[pixels.keep])
+    kept = batch.start + np.flatnonzero(pixels.keep)
+    given = [captions.get(int(i)) for i in kept] if captions is not None else None
+    probs, texts = get_classifier(classifier).classify(pixels.pixels[pixels.keep], given)
     k = min(top_k, probs.shape[1])
     top = torch.topk(probs, k, dim=1) if len(probs) else None
     return BatchResult(
@@ -81,4 +97,32 @@ def classify_batch(
         top_index=top.indices.numpy().astype(np.int32) if top is not None else np.zeros((0, k), np.int32),
         top_score=top.values.numpy().astype(np.float32) if top is not None else np.zeros((0, k), np.float32),
         probabilities=probs.numpy() if with_probabilities else None,
+        captions=texts,
+        errors=pixels.errors if any(e is not None for e in pixels.errors) else None,
     )
+
+
+@dataclass
+class CaptionResult:
+    """Captions of the chips of a batch worth classifying.
+
+    Attributes:
+        batch: the batch.
+        chips: (M,) linear indexes of the captioned chips.
+        captions: their captions.
+    """
+
+    batch: Batch
+    chips: np.ndarray
+    captions: list[str]
+
+
+def caption_batch(read: ReadSpec, captioner: CaptionerSpec, device: str, precision: str, batch: Batch) -> CaptionResult:
+    """Read a batch of chips and caption the valid ones (the captioning stage).
+
+    Captions describe the chips exactly as the classifier will see them.
+    """
+    pixels = ChipReader(read).read_batch(batch.chips(read.grid))
+    chosen = pixels.keep
+    texts = load_captioner(captioner, device, precision).caption(pixels.pixels[chosen]) if chosen.any() else []
+    return CaptionResult(batch, batch.start + np.flatnonzero(chosen), texts)

@@ -23,6 +23,7 @@ from geobimors.vector.style import categorized_qml, write_layer_styles
 
 CHIPS_LAYER = "chips"
 REGIONS_LAYER = "regions"
+FAILED_LAYER = "failed"
 # Columns of the records that go into the chips layer, besides the label/score columns.
 _CHIP_COLUMNS = ("row", "col", "valid_fraction")
 
@@ -33,7 +34,6 @@ def chip_polygons(transform: Affine, windows: np.ndarray) -> np.ndarray:
     Args:
         transform: pixel-to-CRS transform of the scene.
         windows: (N, 4) col_off, row_off, width, height.
-
     """
     xs, ys = window_corners(transform, windows)
     return shapely.polygons(np.stack([xs, ys], axis=-1))
@@ -50,10 +50,22 @@ def records_to_frame(
         crs: scene CRS.
         label_columns: label and score column names in output order.
         extra: constant attributes added to every row (e.g. the model id).
-
     """
     frame = table.to_pandas()
     frame = frame[frame["classified"]].reset_index(drop=True)
+    return _frame(frame, transform, crs, label_columns, extra)
+
+
+def failed_to_frame(table: pa.Table, transform: Affine, crs: CRS | None) -> gpd.GeoDataFrame:
+    """Footprints of chips whose windows could not be read, with the error."""
+    frame = table.to_pandas()
+    frame = frame[frame["failed"]].reset_index(drop=True)
+    return _frame(frame, transform, crs, ["error"], {})
+
+
+def _frame(
+    frame: pd.DataFrame, transform: Affine, crs: CRS | None, label_columns: Sequence[str], extra: dict[str, str]
+) -> gpd.GeoDataFrame:
     windows = frame[["col_off", "row_off", "width", "height"]].to_numpy()
     data = {name: frame[name] for name in label_columns}
     data.update({name: frame[name] for name in _CHIP_COLUMNS})
@@ -68,7 +80,6 @@ def check_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
     Raises:
         OutputError: if the directory is missing or read-only, the path is a
             directory or not ``.gpkg``, or the file exists without ``overwrite``.
-
     """
     out = Path(path).expanduser()
     if out.suffix.lower() != ".gpkg":
@@ -95,7 +106,6 @@ class GeoPackageWriter:
         output: final path (checked with :func:`check_output`).
         overwrite: replace an existing output.
         metadata: key/value pairs stored as layer metadata (provenance).
-
     """
 
     def __init__(self, output: str | os.PathLike[str], overwrite: bool, metadata: dict[str, str]) -> None:
@@ -104,7 +114,7 @@ class GeoPackageWriter:
         self.metadata = metadata
         self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp.gpkg")
         self.n_features = 0
-        self._created = False
+        self._created: set[str] = set()
 
     def __enter__(self) -> GeoPackageWriter:
         return self
@@ -120,13 +130,14 @@ class GeoPackageWriter:
         for suffix in ("", "-journal", "-wal", "-shm"):
             Path(str(self.tmp) + suffix).unlink(missing_ok=True)
 
-    def append(self, frame: gpd.GeoDataFrame) -> None:
-        """Append chips to the chips layer (the first call creates it, even when empty)."""
-        if len(frame) == 0 and self._created:
+    def append(self, frame: gpd.GeoDataFrame, layer: str = CHIPS_LAYER) -> None:
+        """Append features to a layer (the chips layer is created by the first call, even when empty)."""
+        if len(frame) == 0 and (layer in self._created or layer != CHIPS_LAYER):
             return
-        self._write(frame, CHIPS_LAYER, append=self._created)
-        self._created = True
-        self.n_features += len(frame)
+        self._write(frame, layer, append=layer in self._created)
+        self._created.add(layer)
+        if layer == CHIPS_LAYER:
+            self.n_features += len(frame)
 
     def _write(self, frame: gpd.GeoDataFrame, layer: str, append: bool) -> None:
         try:
@@ -151,7 +162,6 @@ class GeoPackageWriter:
 
         Returns:
             The output path.
-
         """
         styles = [(CHIPS_LAYER, "geometry", categorized_qml(labels))]
         if regions:
@@ -173,7 +183,6 @@ def dissolve_regions(chips: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
     Returns:
         One row per connected region: label, number of chips and area (CRS units).
-
     """
     if len(chips) == 0:
         return gpd.GeoDataFrame({"label": [], "area": []}, geometry=[], crs=chips.crs)

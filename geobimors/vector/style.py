@@ -78,7 +78,6 @@ def categorized_qml(labels: Sequence[str], field: str = "label", fill_alpha: int
         field: attribute holding the label.
         fill_alpha: fill opacity 0..255 (the scene stays visible underneath).
         outline: draw chip outlines.
-
     """
     colours = label_colours(labels)
     categories = []
@@ -137,7 +136,6 @@ def write_layer_styles(gpkg: str, styles: Sequence[tuple[str, str, str]]) -> Non
     Args:
         gpkg: path of the GeoPackage.
         styles: (layer name, geometry column, QML) per layer.
-
     """
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with sqlite3.connect(gpkg) as db:

@@ -51,21 +51,14 @@ def build_mini(load_text_weights: bool = True) -> tuple[torch.nn.Module, Any, di
     """Build the untrained model (MiniLM weights loaded), its tokenizer and its config."""
     import open_clip
     from open_clip.tokenizer import HFTokenizer
-    from transformers.utils import logging as hf_logging
+
+    from geobimors.models.hf import quiet_transformers
 
     config = read_config()
     model_cfg = config["model_cfg"]
     model_cfg["text_cfg"]["hf_model_pretrained"] = load_text_weights
-    # transformers reports the unused BERT pooler weights and shows a progress bar: noise here.
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():  # the unused BERT pooler weights are reported otherwise
         model = open_clip.CustomTextCLIP(**model_cfg)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     open_clip.factory.set_model_preprocess_cfg(
         model,
         open_clip.transform.merge_preprocess_dict(open_clip.get_model_preprocess_cfg(model), config["preprocess_cfg"]),

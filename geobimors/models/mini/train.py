@@ -227,7 +227,9 @@ def train(
             # One random caption per (image, class): positives and negatives vary every step.
             pooled = torch.stack(
                 [
-                    bank[c][torch.randint(0, len(bank[c]), (len(idx), captions_per_target), generator=generator)].mean(1)
+                    bank[c][torch.randint(0, len(bank[c]), (len(idx), captions_per_target), generator=generator)].mean(
+                        1
+                    )
                     for c in range(len(classes))
                 ],
                 dim=1,

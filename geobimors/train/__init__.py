@@ -1,0 +1,1 @@
+"""Training and evaluation of heads: data, few-shot training loop, metrics."""

@@ -1,0 +1,216 @@
+"""Training and evaluation entry points shared by the CLI and the Python API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geobimors.errors import InputError
+from geobimors.heads.base import Head
+from geobimors.heads.checkpoint import build_head, load_head, save_head
+from geobimors.models.captions import CaptionerSpec, load_captioner
+from geobimors.models.clip import load_model
+from geobimors.train.data import LabelledImages, load_image_folder, load_polygons, split_base_new
+from geobimors.train.evaluate import evaluate, evaluate_base_to_new
+from geobimors.train.loop import TrainResult, TrainSettings, train_head
+
+CLASS_SETS = ("all", "base", "new")
+
+
+@dataclass
+class TrainingData:
+    """Training shots and validation images, and where they came from."""
+
+    train: LabelledImages
+    val: LabelledImages | None
+    description: dict[str, Any]
+
+
+def _select_classes(data: LabelledImages, classes: str) -> LabelledImages:
+    if classes == "all":
+        return data
+    base, new = split_base_new(len(data.labels))
+    return data.subset(base if classes == "base" else new)
+
+
+def load_training_data(
+    data: str | os.PathLike[str],
+    shots: int,
+    seed: int = 0,
+    labels_file: str | os.PathLike[str] | None = None,
+    classes: str = "all",
+    val_shots: int = 16,
+    scene: str | None = None,
+    label_column: str = "label",
+    model: str = "mini",
+    chip_size: str | None = None,
+    bands: tuple[int, ...] | None = None,
+) -> TrainingData:
+    """K shots per class for training and disjoint images for validation.
+
+    ``data`` is an ImageFolder tree (class folders), a folder with ``train/``
+    (and ``val/``) trees, or a vector file of labelled polygons over ``scene``.
+    Without a ``val/`` tree, validation takes ``val_shots`` other images per class.
+    """
+    if classes not in CLASS_SETS:
+        raise InputError(f"--classes {classes!r}: use all, base or new")
+    path = Path(data)
+    if path.suffix.lower() in {".gpkg", ".geojson", ".shp", ".fgb"}:
+        if scene is None:
+            raise InputError(f"training from polygons in {path} needs --scene RASTER")
+        everything = _select_classes(load_polygons(path, scene, label_column, chip_size, model, bands), classes)
+        train_idx, val_idx = _split_polygons(everything.targets, shots, seed)
+        train = _take(everything, train_idx)
+        val = _take(everything, val_idx) if len(val_idx) else None
+        return TrainingData(train, val, {"polygons": str(path), "scene": scene, "label_column": label_column})
+    root = path / "train" if (path / "train").is_dir() else path
+    train = _select_classes(load_image_folder(root, shots, seed, labels_file), classes)
+    val_root = path / "val" if (path / "val").is_dir() else None
+    if val_root is not None:
+        val = _select_classes(load_image_folder(val_root, val_shots, seed, labels_file, at_most=True), classes)
+    else:
+        val = _select_classes(
+            load_image_folder(root, val_shots, seed + 1, labels_file, exclude=set(train.sources), at_most=True), classes
+        )
+    return TrainingData(train, val, {"train": str(root), "val": str(val_root or root), "classes": classes})
+
+
+def _split_polygons(targets: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: up to a fifth (at least one when possible) for validation, then up to ``shots`` for training."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for cls in np.unique(targets):
+        index = rng.permutation(np.flatnonzero(targets == cls))
+        n_val = len(index) // 5 if len(index) >= 5 else (1 if len(index) >= 2 else 0)
+        val += list(index[:n_val])
+        train += list(index[n_val : n_val + shots])
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
+def _take(data: LabelledImages, index: np.ndarray) -> LabelledImages:
+    return LabelledImages(data.images[index], data.targets[index], data.labels, [data.sources[i] for i in index])
+
+
+def caption_function(head: Head, device: str, precision: str) -> Callable[[np.ndarray], list[str]] | None:
+    """Captions of chips for heads that read them from a captioner (cached on disk)."""
+    spec = getattr(head, "captioner", None)
+    if not head.uses_captions or spec is None or spec.is_none:
+        return None
+    captioner = load_captioner(spec, device, precision)
+    return captioner.caption
+
+
+def train(
+    data: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: str = "mini",
+    head: str = "bimors",
+    shots: int = 16,
+    settings: TrainSettings | None = None,
+    captioner: str = "none",
+    caption_encoder: str = "minilm",
+    n_ctx: int = 4,
+    ctx_init: str = "a photo of a",
+    labels_file: str | os.PathLike[str] | None = None,
+    classes: str = "all",
+    val_shots: int = 16,
+    device: str = "auto",
+    precision: str = "fp32",
+    overwrite: bool = False,
+    progress: str = "bar",
+    log: Callable[[str], None] | None = None,
+    **polygon_options: Any,
+) -> tuple[Head, TrainResult]:
+    """Train a head few-shot and save it as a checkpoint.
+
+    Returns:
+        The trained head and the training result.
+    """
+    settings = settings or TrainSettings()
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise InputError(f"output {out} already exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise InputError(f"output directory {out.parent} does not exist")
+    if shots < 1:
+        raise InputError(f"--shots must be at least 1, got {shots}")
+    clip = load_model(model, device, precision)
+    loaded = load_training_data(
+        data, shots, settings.seed, labels_file, classes, val_shots, model=model, **polygon_options
+    )
+    spec = CaptionerSpec(captioner) if captioner else CaptionerSpec("none")
+    new_head = build_head(head, clip, loaded.train.labels, n_ctx, ctx_init, spec, caption_encoder)
+    captions = caption_function(new_head, device, precision)
+    result = train_head(new_head, loaded.train, loaded.val, settings, captions, progress, log)
+    save_head(
+        new_head,
+        out,
+        {
+            "settings": asdict(settings),
+            "seed": settings.seed,
+            "shots": shots,
+            "data": loaded.description,
+            "result": result.to_dict(),
+        },
+    )
+    return new_head, result
+
+
+def evaluate_data(
+    data: str | os.PathLike[str],
+    model: str | None = None,
+    head: str | Path | None = None,
+    labels_file: str | os.PathLike[str] | None = None,
+    protocol: str = "all",
+    limit_per_class: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Evaluate a head (or zero-shot CLIP) on an ImageFolder tree.
+
+    Args:
+        data: ImageFolder tree (a folder with ``val/`` is evaluated on ``val/``).
+        model: CLIP model (default: the head's, else ``mini``).
+        head: trained head checkpoint; ``None`` for zero-shot.
+        labels_file: ``FolderName: prompt text`` lines.
+        protocol: ``all`` (every class together) or ``base-to-new``.
+        limit_per_class: evaluate at most this many images per class (sampled with ``seed``).
+        seed: sampling seed.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        batch_size: images per forward pass.
+
+    Returns:
+        A JSON-ready report with an ``accuracy`` field.
+    """
+    from geobimors.heads.checkpoint import read_metadata
+    from geobimors.heads.zero_shot import ZeroShotHead
+
+    if protocol not in ("all", "base-to-new"):
+        raise InputError(f"--protocol {protocol!r}: use all or base-to-new")
+    path = Path(data)
+    root = path / "val" if (path / "val").is_dir() else path
+    images = load_image_folder(root, limit_per_class, seed, labels_file, at_most=True)
+    metadata = read_metadata(head) if head is not None else None
+    model_name = model or (str(metadata["clip_model"]) if metadata else "mini")
+    clip = load_model(model_name, device, precision)
+    evaluated: Head = load_head(head, clip) if head is not None else ZeroShotHead(clip, images.labels)
+    captions = caption_function(evaluated, device, precision)
+    overall = evaluate(evaluated, images, batch_size, captions)
+    report: dict[str, Any] = {
+        "data": str(root),
+        "model": model_name,
+        "head": str(head) if head is not None else "zero-shot",
+        **overall.to_dict(),
+    }
+    if protocol == "base-to-new":
+        report["base_to_new"] = evaluate_base_to_new(evaluated, images, batch_size, captions)
+    report["_evaluation"] = overall
+    return report
