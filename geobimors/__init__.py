@@ -1,10 +1,13 @@
 """geobimors: map what is on the ground in satellite and aerial scenes with vision-language models.
 
-The public API (heavy dependencies are imported on first use):
+The public API (heavy dependencies load on first use):
 
-* :func:`map_scene` -- classify every chip of a scene, get a GeoDataFrame;
-* :func:`map_to_gpkg` -- the same, written to a styled GeoPackage (what the CLI does);
-* :func:`load_model` -- load a CLIP model by name (cached per process);
+* :func:`map_scene` -- classify every chip of a scene file, get a GeoDataFrame;
+* :func:`map_to_gpkg` -- the same, written to a styled GeoPackage (what ``geobimors map`` does);
+* :func:`classify` -- classify a rioxarray DataArray, get a (lazy) Dataset on the chip grid;
+  also ``da.geobimors.classify(...)`` and ``ds.geobimors.to_geodataframe()``;
+* :func:`load_model` / :func:`load_head` -- CLIP models and trained heads (cached per process);
+* :func:`train` / :func:`evaluate` -- few-shot heads and their accuracy;
 * :func:`read_labels` -- read a labels file.
 """
 
@@ -14,17 +17,32 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from geobimors import accessor as _accessor  # noqa: F401  (registers .geobimors on xarray objects)
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
     import geopandas as gpd
+    import xarray as xr
 
+    from geobimors.heads.base import Head
     from geobimors.labels import Label
     from geobimors.models.clip import ClipModel
     from geobimors.run.pipeline import RunSummary
+    from geobimors.train.loop import TrainResult
 
-__all__ = ["__version__", "load_model", "map_scene", "map_to_gpkg", "read_labels"]
+__all__ = [
+    "__version__",
+    "classify",
+    "evaluate",
+    "load_head",
+    "load_model",
+    "map_scene",
+    "map_to_gpkg",
+    "read_labels",
+    "train",
+]
 
 
 def _settings(scene: str, labels: Sequence[str | Label] | str | Path, **options: Any) -> Any:
@@ -36,28 +54,33 @@ def _settings(scene: str, labels: Sequence[str | Label] | str | Path, **options:
     if isinstance(labels, (str, Path)):
         parsed = read_labels(labels)
     elif all(isinstance(label, Label) for label in labels):
-        parsed = list(labels)  # type: ignore[arg-type]
-    else:
+        parsed = [label for label in labels if isinstance(label, Label)]
+    elif labels:
         parsed = labels_from_names([str(label) for label in labels])
-    if options.get("bands") is not None:
-        options["bands"] = tuple(options["bands"])
-    if options.get("chip_size") is not None:
-        options["chip_size"] = str(options["chip_size"])
-    options["overlap"] = str(options.get("overlap", "0"))
+    else:
+        parsed = []
+    for key in ("bands",):
+        if options.get(key) is not None:
+            options[key] = tuple(options[key])
+    for key in ("chip_size", "overlap", "head"):
+        if options.get(key) is not None:
+            options[key] = str(options[key])
     return MapSettings(scene=str(scene), labels=tuple(parsed), **options)
 
 
 def map_scene(
-    scene: str | Path, labels: Sequence[str | Label] | str | Path, progress: str = "bar", **options: Any
+    scene: str | Path, labels: Sequence[str | Label] | str | Path = (), progress: str = "bar", **options: Any
 ) -> gpd.GeoDataFrame:
     """Classify every chip of a scene and return the labeled chip polygons.
 
     Args:
         scene: path or URL of any GDAL raster.
-        labels: label names (``"forest"`` or ``"forest: dense tree cover"``) or a labels file.
+        labels: label names (``"forest"`` or ``"forest: dense tree cover"``), or a
+            labels file; may be empty with ``head=`` (its training classes).
         progress: ``bar`` (tqdm, Jupyter-aware), ``jsonl`` or ``none``.
         **options: :class:`geobimors.run.plan.MapSettings` fields, e.g.
-            ``model="ViT-B-16:openai"``, ``chip_size="640m"``, ``bands=(3, 2, 1)``, ``top_k=3``.
+            ``model="ViT-B-16:openai"``, ``chip_size="640m"``, ``bands=(3, 2, 1)``, ``top_k=3``,
+            ``head="head.safetensors"``.
 
     Returns:
         One polygon per classified chip in the scene's CRS with ``label``,
@@ -90,11 +113,46 @@ def map_to_gpkg(
     return map_to_file(plan, output, overwrite=overwrite, regions=regions, progress_mode=progress)
 
 
+def classify(data: xr.DataArray, labels: Sequence[str | Label] = (), **options: Any) -> xr.Dataset:
+    """Classify a (band, y, x) DataArray on its chip grid (lazy for dask-backed input).
+
+    See :func:`geobimors.xarray.classify` for the options.
+    """
+    from geobimors.xarray import classify as _classify
+
+    return _classify(data, labels, **options)
+
+
 def load_model(name: str = "mini", device: str = "auto", precision: str = "fp32") -> ClipModel:
     """Load a CLIP model by name, once per process (see :mod:`geobimors.models.clip`)."""
     from geobimors.models.clip import load_model as _load
 
     return _load(name, device, precision)
+
+
+def load_head(path: str | Path, model: str | None = None, device: str = "auto", precision: str = "fp32") -> Head:
+    """Load a trained head with its CLIP model (default: the one it was trained with)."""
+    from geobimors.heads.checkpoint import load_head as _load_head
+    from geobimors.heads.checkpoint import read_metadata
+
+    name = model or str(read_metadata(path)["clip_model"])
+    return _load_head(path, load_model(name, device, precision))
+
+
+def train(data: str | Path, output: str | Path, **options: Any) -> tuple[Head, TrainResult]:
+    """Train a few-shot head and save it (see :func:`geobimors.train.api.train`)."""
+    from geobimors.train.api import train as _train
+
+    return _train(data, output, **options)
+
+
+def evaluate(data: str | Path, **options: Any) -> dict[str, Any]:
+    """Accuracy report of a head or of zero-shot CLIP (see :func:`geobimors.train.api.evaluate_data`)."""
+    from geobimors.train.api import evaluate_data
+
+    report = evaluate_data(data, **options)
+    report.pop("_evaluation", None)
+    return report
 
 
 def read_labels(path: str | Path) -> list[Label]:

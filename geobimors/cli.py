@@ -326,6 +326,12 @@ def map_command(
     if not quiet and progress_mode != "jsonl":
         for line in summary.lines():
             click.echo(line)
+    if summary.n_classified == 0 and not summary.n_failed:
+        click.echo(
+            "Warning: no chip had enough valid pixels, so the chips layer is empty; check the scene's nodata "
+            "(--nodata) and --min-valid",
+            err=True,
+        )
     if summary.n_failed:
         click.echo(
             f"Warning: {summary.n_failed} chips could not be read (first at {summary.first_failure}); the output "
@@ -600,14 +606,33 @@ def _default_output(scene: str) -> str:
     return f"{stem}.geobimors.gpkg"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so a run stops as cleanly as on Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``geobimors`` console script."""
+    import signal
+
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     _setup_messages(debug)
+    if argv is None:  # the console script: a SIGTERM (batch schedulers, kill) stops like Ctrl-C
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli.main(args=args, prog_name="geobimors", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C (and our SIGTERM) into Abort
+        if debug:
+            raise
+        cause = exc.__cause__
+        if isinstance(cause, KeyboardInterrupt):
+            what = "Terminated" if isinstance(cause, Terminated) else "Interrupted"
+            click.echo(f"{what}: finished batches are saved; run the same command again to resume.", err=True)
+            sys.exit(143 if isinstance(cause, Terminated) else 130)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
@@ -618,11 +643,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"Error: {exc.message}", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if debug:
             raise
-        click.echo("Interrupted: finished batches are saved; run the same command again to resume.", err=True)
-        sys.exit(130)
+        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        click.echo(f"{what}: finished batches are saved; run the same command again to resume.", err=True)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     except Exception as exc:  # last resort: one line, no traceback
         if debug:
             raise

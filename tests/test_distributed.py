@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import rasterio
 
-from cli_helpers import assert_one_line_error, run_cli
 from geobimors.labels import read_labels
 from geobimors.run.execute import DistributedExecutor
 from geobimors.run.pipeline import map_to_file
 from geobimors.run.plan import MapSettings, plan_map
 from geobimors.run.store import RunLock, store_path
+
+from cli_helpers import assert_one_line_error, run_cli
 from rasters import make_geotiff, random_rgb
 
 EXE = str(Path(sys.executable).with_name("geobimors"))
@@ -44,8 +45,15 @@ def assert_same_chips(a: Path, b: Path) -> None:
 
 
 def settings(scene: Path, labels: Path, model: str, **extra: object) -> MapSettings:
-    return MapSettings(scene=str(scene), labels=tuple(read_labels(labels)), model=model, chip_size="16",
-                       batch_size=16, device="cpu", **extra)  # type: ignore[arg-type]
+    return MapSettings(
+        scene=str(scene),
+        labels=tuple(read_labels(labels)),
+        model=model,
+        chip_size="16",
+        batch_size=16,
+        device="cpu",
+        **extra,
+    )  # type: ignore[arg-type]
 
 
 def test_cluster_output_equals_in_process(
@@ -97,8 +105,24 @@ def test_client_killed_then_resumed(tiny_model: str, big_scene: Path, labels_fil
     reference = tmp_path / "reference.gpkg"
     map_to_file(plan_map(settings(big_scene, labels_file, tiny_model)), reference, progress_mode="none")
     out = tmp_path / "out.gpkg"
-    args = [EXE, "map", str(big_scene), "-l", str(labels_file), "-m", tiny_model, "--chip-size", "16",
-            "--batch-size", "16", "--device", "cpu", "-o", str(out), "-q"]
+    args = [
+        EXE,
+        "map",
+        str(big_scene),
+        "-l",
+        str(labels_file),
+        "-m",
+        tiny_model,
+        "--chip-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        "-q",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env)
     parts = store_path(out)
@@ -125,12 +149,13 @@ def test_concurrent_writers_are_refused(
 ) -> None:
     out = tmp_path / "out.gpkg"
     with RunLock(out):
-        result = run_cli(capsys, "map", rgb_scene, "-l", labels_file, "-m", tiny_model, "-o", out,
-                         "--chip-size", "32")
+        result = run_cli(capsys, "map", rgb_scene, "-l", labels_file, "-m", tiny_model, "-o", out, "--chip-size", "32")
         assert_one_line_error(result, 2, "another geobimors run", "is writing")
         assert not out.exists()
-    assert run_cli(capsys, "map", rgb_scene, "-l", labels_file, "-m", tiny_model, "-o", out,
-                   "--chip-size", "32").exit_code == 0
+    assert (
+        run_cli(capsys, "map", rgb_scene, "-l", labels_file, "-m", tiny_model, "-o", out, "--chip-size", "32").exit_code
+        == 0
+    )
 
 
 def _corrupt_tile(path: Path, col: int, row: int) -> None:
@@ -144,8 +169,15 @@ def _corrupt_tile(path: Path, col: int, row: int) -> None:
 def test_unreadable_windows_fail_alone(
     capsys: pytest.CaptureFixture[str], tiny_model: str, labels_file: Path, tmp_path: Path
 ) -> None:
-    scene = make_geotiff(tmp_path / "corrupt.tif", random_rgb(64, 64, seed=8), tiled=True, blockxsize=16,
-                         blockysize=16, compress="deflate", interleave="band")
+    scene = make_geotiff(
+        tmp_path / "corrupt.tif",
+        random_rgb(64, 64, seed=8),
+        tiled=True,
+        blockxsize=16,
+        blockysize=16,
+        compress="deflate",
+        interleave="band",
+    )
     _corrupt_tile(scene, 1, 2)  # the chip at row 2, col 1
     out = tmp_path / "out.gpkg"
     result = run_cli(capsys, "map", scene, "-l", labels_file, "-m", tiny_model, "--chip-size", "16", "-o", out)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from geobimors.errors import warn
 from geobimors.heads.base import Head
 from geobimors.labels import Label
 from geobimors.models.clip import ClipModel
@@ -31,6 +32,13 @@ class ZeroShotHead(Head):
 
     def _class_features(self) -> torch.Tensor:
         prompts = [p for label in self.labels for p in fill_templates(label.prompt, self.templates)]
+        cut = self.clip.overflowing(prompts)
+        for i, label in enumerate(self.labels):
+            if any(cut[i * len(self.templates) : (i + 1) * len(self.templates)]):
+                warn(
+                    f"label {label.name[:40]!r}... is longer than the text encoder's context: only its beginning "
+                    "is read; shorten it or use 'label: short description'"
+                )
         features = self.clip.encode_texts(prompts).view(len(self.labels), len(self.templates), -1)
         return F.normalize(features.mean(dim=1), dim=-1)
 

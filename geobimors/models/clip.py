@@ -338,6 +338,14 @@ class ClipModel:
             out.append(F.normalize(features.float(), dim=-1))
         return torch.cat(out)
 
+    def overflowing(self, texts: Sequence[str]) -> list[bool]:
+        """Which texts fill the text encoder's whole context (and are cut at its end)."""
+        out: list[bool] = []
+        for start in range(0, len(texts), 256):
+            tokens = self.tokenizer(list(texts[start : start + 256]))
+            out += (tokens[:, -1] != 0).tolist()
+        return out
+
     @property
     def fingerprint(self) -> str:
         """SHA-256 over the model's parameter names, shapes and values (short hex).

@@ -14,6 +14,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
+from rasterio.windows import Window
 
 from geobimors.raster.grid import Chip, ChipGrid
 from geobimors.raster.scaling import ScaleRange, valid_mask
@@ -104,25 +105,29 @@ class ChipReader:
         Returns:
             The (H, W, 3) uint8 chip and its valid-pixel fraction.
         """
-        spec, grid = self.spec, self.spec.grid
-        ds = thread_dataset(spec.path)
-        out_h, out_w = grid.out_height, grid.out_width
-        rgb = np.zeros((3, out_h, out_w), dtype=np.uint8)
-        valid = np.zeros((out_h, out_w), dtype=bool)
+        grid = self.spec.grid
+        rgb = np.zeros((3, grid.out_height, grid.out_width), dtype=np.uint8)
+        valid = np.zeros((grid.out_height, grid.out_width), dtype=bool)
         window = grid.footprint_window(chip)
         # Output pixels covered by the footprint; the rest of the chip is padding.
-        read_w = min(out_w, round(window.width * out_w / chip.width))
-        read_h = min(out_h, round(window.height * out_h / chip.height))
+        read_w = min(grid.out_width, round(window.width * grid.out_width / chip.width))
+        read_h = min(grid.out_height, round(window.height * grid.out_height / chip.height))
         if read_w > 0 and read_h > 0:
-            shape = (read_h, read_w)
-            data = ds.read(self._bands, window=window, out_shape=(len(self._bands), *shape), resampling=spec.resampling)
-            inside = valid_mask(ds, data, self._bands, window, shape, spec.nodata)
+            data, inside = self._fetch(window, (read_h, read_w))
             data = data[self._channel_of]
-            scaled = spec.scale.apply(data) if spec.scale is not None else data.astype(np.uint8, copy=False)
+            scaled = self.spec.scale.apply(data) if self.spec.scale is not None else data.astype(np.uint8, copy=False)
             scaled[:, ~inside] = 0
             rgb[:, :read_h, :read_w] = scaled
             valid[:read_h, :read_w] = inside
         return np.ascontiguousarray(rgb.transpose(1, 2, 0)), float(valid.mean())
+
+    def _fetch(self, window: Window, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Values (bands, H, W) of a window resampled to ``shape``, and its valid mask (H, W)."""
+        ds = thread_dataset(self.spec.path)
+        data = ds.read(
+            self._bands, window=window, out_shape=(len(self._bands), *shape), resampling=self.spec.resampling
+        )
+        return data, valid_mask(ds, data, self._bands, window, shape, self.spec.nodata)
 
     def read_batch(self, chips: list[Chip]) -> ChipBatch:
         """Read a batch of chips and mark the ones to classify.
@@ -140,3 +145,51 @@ class ChipReader:
                 errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
         keep = (fractions >= self.spec.min_valid) & (fractions > 0)
         return ChipBatch(chips, out, fractions, keep, errors)
+
+
+class ArrayChipReader(ChipReader):
+    """Reads chips from values already in memory (a block of rows of a DataArray).
+
+    Same padding, masking and scaling as :class:`ChipReader`; resampling to the
+    chip's output size uses area averaging (shrinking) or bilinear
+    interpolation (enlarging) in torch, which can differ slightly from GDAL's.
+
+    Args:
+        spec: how to read (its ``path`` is not used).
+        values: (bands, rows, cols) values of all scene bands for scene rows
+            ``row_offset`` onwards.
+        row_offset: scene row of the first row of ``values``.
+    """
+
+    def __init__(self, spec: ReadSpec, values: np.ndarray, row_offset: int = 0) -> None:
+        super().__init__(spec)
+        self.values = values
+        self.row_offset = row_offset
+
+    def _fetch(self, window: Window, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        rows = slice(window.row_off - self.row_offset, window.row_off - self.row_offset + window.height)
+        cols = slice(window.col_off, window.col_off + window.width)
+        data = np.asarray(self.values[[b - 1 for b in self._bands], rows, cols])
+        if self.spec.nodata is not None:
+            inside = np.all(data != self.spec.nodata, axis=0)
+        else:
+            inside = np.ones(data.shape[1:], dtype=bool)
+        if np.issubdtype(data.dtype, np.floating):
+            inside &= np.all(np.isfinite(data), axis=0)
+        if tuple(data.shape[1:]) != shape:
+            data, inside = _resize(data, inside, shape)
+        return data, inside
+
+
+def _resize(data: np.ndarray, valid: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    values = torch.from_numpy(np.nan_to_num(data.astype(np.float32)))[None]
+    shrinking = shape[0] < data.shape[1] or shape[1] < data.shape[2]
+    resized = F.interpolate(values, size=shape, mode="area" if shrinking else "bilinear", align_corners=None)
+    mask = F.interpolate(torch.from_numpy(valid.astype(np.float32))[None, None], size=shape, mode="nearest")
+    out = resized[0].numpy()
+    if np.issubdtype(data.dtype, np.integer):
+        out = np.rint(out).astype(data.dtype)
+    return out, mask[0, 0].numpy() > 0.5

@@ -121,9 +121,8 @@ class DistributedExecutor:
     def __init__(
         self, address: str | None = None, workers: int | None = None, gpu: bool = False, in_flight: int = 4
     ) -> None:
-        import os
-
         import logging
+        import os
 
         from distributed import Client, LocalCluster
 
@@ -138,7 +137,7 @@ class DistributedExecutor:
         self.gpu = gpu
         if address is not None:
             try:
-                self.client = Client(address, timeout="20s")
+                self.client = Client(address, timeout="10s")
             except (OSError, TimeoutError) as exc:
                 raise InputError(
                     f"cannot reach the Dask scheduler at {address} ({str(exc).splitlines()[0] if str(exc) else exc}); "

@@ -8,6 +8,7 @@ settings (scene, model, labels, grid, ...) is never mixed into the output.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from geobimors import __version__
-from geobimors.errors import InputError
+from geobimors.errors import InputError, RunError
 from geobimors.run.tasks import BatchResult
 
 MANIFEST = "manifest.json"
@@ -128,8 +129,16 @@ class RunStore:
         """Store a part atomically (a crash never leaves half a part)."""
         path = self.part_path(index, kind)
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            full = exc.errno == errno.ENOSPC or "No space left" in str(exc)
+            raise RunError(
+                f"{'disk full' if full else 'cannot write'} while saving finished batches to {self.directory} "
+                f"({exc.strerror or exc}); free space and run the same command again to resume"
+            ) from exc
 
     def tables(self, kind: str = "batch") -> Iterator[pa.Table]:
         """Stored parts in index order."""

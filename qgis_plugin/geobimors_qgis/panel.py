@@ -1,0 +1,224 @@
+"""The dock panel: pick a raster, write labels, choose a model, run, and see the result on the map."""
+
+import os
+
+from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtWidgets import (
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .runner import EnvironmentProblem, MapRequest, check_environment, command_prefix
+from .settings import configured_executable, set_configured_executable
+from .task import MapTask
+
+DEFAULT_LABELS = "forest\nsea or lake\nriver\nresidential buildings\nindustrial buildings\nannual crop land\npasture land"
+
+
+class MapPanel(QDockWidget):
+    """geobimors dock panel.
+
+    Args:
+        iface: the QGIS interface (message bar, map canvas).
+    """
+
+    def __init__(self, iface, parent=None):
+        super().__init__("geobimors", parent)
+        self.setObjectName("GeobimorsPanel")
+        self.iface = iface
+        self.task = None
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        form = QFormLayout()
+
+        self.raster = QgsMapLayerComboBox()
+        self.raster.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster.setAllowEmptyLayer(True)
+        self.raster_file = QgsFileWidget()
+        self.raster_file.setFilter("Rasters (*.tif *.tiff *.vrt *.jp2 *.img);;All files (*)")
+        form.addRow("Raster layer", self.raster)
+        form.addRow("or raster file", self.raster_file)
+
+        self.labels = QPlainTextEdit(DEFAULT_LABELS)
+        self.labels.setToolTip("One label per line; 'label: prompt text' describes a label in other words.")
+        load, save = QPushButton("Load…"), QPushButton("Save…")
+        load.clicked.connect(self.load_labels)
+        save.clicked.connect(self.save_labels)
+        buttons = QHBoxLayout()
+        buttons.addWidget(load)
+        buttons.addWidget(save)
+        form.addRow("Labels", self.labels)
+        form.addRow("", self._wrap(buttons))
+
+        self.model = QLineEdit("")
+        self.model.setPlaceholderText("mini (bundled); ViT-B-16:openai; hf-hub:ORG/REPO; ARCH:/path/weights")
+        self.head = QgsFileWidget()
+        self.head.setFilter("Head checkpoints (*.safetensors)")
+        self.chip_size = QLineEdit("")
+        self.chip_size.setPlaceholderText("model default; 224 or 640m")
+        self.overlap = QLineEdit("0")
+        self.bands = QLineEdit("")
+        self.bands.setPlaceholderText("e.g. 3,2,1 (default: R,G,B colour interpretation)")
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.output = QgsFileWidget()
+        self.output.setStorageMode(QgsFileWidget.SaveFile)
+        self.output.setFilter("GeoPackage (*.gpkg)")
+        form.addRow("Model", self.model)
+        form.addRow("Trained head", self.head)
+        form.addRow("Chip size", self.chip_size)
+        form.addRow("Overlap", self.overlap)
+        form.addRow("Bands", self.bands)
+        form.addRow("Device", self.device)
+        form.addRow("Output", self.output)
+
+        self.executable = QLineEdit(configured_executable())
+        self.executable.setPlaceholderText("geobimors on PATH, or the path of geobimors or of its Python")
+        self.executable.editingFinished.connect(lambda: set_configured_executable(self.executable.text()))
+        check = QPushButton("Check")
+        check.clicked.connect(self.check)
+        row = QHBoxLayout()
+        row.addWidget(self.executable)
+        row.addWidget(check)
+        form.addRow("geobimors", self._wrap(row))
+        layout.addLayout(form)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.run_button, self.cancel_button = QPushButton("Run"), QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        actions = QHBoxLayout()
+        actions.addWidget(self.progress)
+        actions.addWidget(self.run_button)
+        actions.addWidget(self.cancel_button)
+        layout.addLayout(actions)
+        self.setWidget(body)
+
+    @staticmethod
+    def _wrap(layout):
+        widget = QWidget()
+        layout.setContentsMargins(0, 0, 0, 0)
+        widget.setLayout(layout)
+        return widget
+
+    def message(self, text, level=Qgis.Info):
+        """Show a message in QGIS' message bar."""
+        self.iface.messageBar().pushMessage("geobimors", text, level=level, duration=10)
+
+    def load_labels(self):
+        path, _ = QFileDialog.getOpenFileName(self, "Load labels", "", "Text files (*.txt);;All files (*)")
+        if path:
+            with open(path, encoding="utf-8") as f:
+                self.labels.setPlainText(f.read())
+
+    def save_labels(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save labels", "labels.txt", "Text files (*.txt)")
+        if path:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self.labels.toPlainText().strip() + "\n")
+
+    def prefix(self):
+        """The CLI command for the configured environment (raises EnvironmentProblem)."""
+        set_configured_executable(self.executable.text())
+        return command_prefix(self.executable.text())
+
+    def check(self):
+        try:
+            version = check_environment(self.prefix())
+        except EnvironmentProblem as exc:
+            self.message(str(exc), Qgis.Critical)
+            return None
+        self.message(f"found {version}", Qgis.Success)
+        return version
+
+    def scene(self):
+        path = self.raster_file.filePath().strip()
+        if path:
+            return path, None
+        layer = self.raster.currentLayer()
+        return (layer.source(), layer) if layer is not None else (None, None)
+
+    def request(self):
+        scene, _ = self.scene()
+        if not scene:
+            raise ValueError("choose a raster layer or file")
+        output = self.output.filePath().strip()
+        if not output:
+            output = os.path.splitext(os.path.basename(scene))[0] + ".geobimors.gpkg"
+            output = os.path.join(QgsProject.instance().homePath() or os.path.expanduser("~"), output)
+        if not output.lower().endswith(".gpkg"):
+            output += ".gpkg"
+        labels = [line for line in self.labels.toPlainText().splitlines() if line.strip()]
+        head = self.head.filePath().strip() or None
+        if not labels and not head:
+            raise ValueError("write at least two labels, or choose a trained head")
+        return MapRequest(
+            scene=scene, output=output, labels=labels, model=self.model.text().strip() or None, head=head,
+            chip_size=self.chip_size.text().strip() or None, overlap=self.overlap.text().strip() or None,
+            bands=self.bands.text().strip() or None, device=self.device.currentText(),
+        )
+
+    def run(self):
+        """Start a mapping task."""
+        try:
+            request = self.request()
+            prefix = self.prefix()
+        except (ValueError, EnvironmentProblem) as exc:
+            self.message(str(exc), Qgis.Critical)
+            return None
+        self.progress.setValue(0)
+        self.task = MapTask(prefix, request, self.done)
+        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self):
+        if self.task is not None:
+            self.task.cancel()
+
+    def done(self, result, error):
+        """Called when the task ends: add the result to the map, or explain the error."""
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.task = None
+        if result is not None:
+            for warning in result.warnings:
+                self.message(warning, Qgis.Warning)
+        if error is not None and (result is None or not os.path.exists(result.output)):
+            self.message(error, Qgis.Critical)
+            return
+        self.progress.setValue(100)
+        self.add_result(result.output)
+
+    def add_result(self, path):
+        """Add the chips layer (styled from the file) just above the raster layer."""
+        layer = QgsVectorLayer(f"{path}|layername=chips", f"geobimors: {os.path.basename(path)}", "ogr")
+        if not layer.isValid():
+            self.message(f"could not open {path}", Qgis.Critical)
+            return None
+        project = QgsProject.instance()
+        project.addMapLayer(layer, False)
+        root = project.layerTreeRoot()
+        _, raster = self.scene()
+        index = 0
+        if isinstance(raster, QgsRasterLayer):
+            node = root.findLayer(raster.id())
+            if node is not None and node.parent() is root:
+                index = root.children().index(node)
+        root.insertLayer(index, layer)
+        self.message(f"added {layer.featureCount()} labeled chips from {path}", Qgis.Success)
+        return layer

@@ -1,0 +1,142 @@
+"""Processing provider with the "Map scene (geobimors)" algorithm."""
+
+import os
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsProcessingProvider,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from .runner import EnvironmentProblem, MapRequest, run_map
+from .settings import configured_prefix
+
+ICON = os.path.join(os.path.dirname(__file__), "icon.png")
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+class MapSceneAlgorithm(QgsProcessingAlgorithm):
+    """Classify every chip of a raster and output labeled chip polygons (a styled GeoPackage)."""
+
+    INPUT = "INPUT"
+    LABELS = "LABELS"
+    LABELS_FILE = "LABELS_FILE"
+    MODEL = "MODEL"
+    HEAD = "HEAD"
+    CHIP_SIZE = "CHIP_SIZE"
+    OVERLAP = "OVERLAP"
+    BANDS = "BANDS"
+    DEVICE = "DEVICE"
+    OUTPUT = "OUTPUT"
+
+    def name(self):
+        return "mapscene"
+
+    def displayName(self):  # noqa: N802 - QGIS API
+        return "Map scene (geobimors)"
+
+    def group(self):
+        return "Classification"
+
+    def groupId(self):  # noqa: N802 - QGIS API
+        return "classification"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def shortHelpString(self):  # noqa: N802 - QGIS API
+        return (
+            "Cuts the raster into chips, classifies every chip against the labels with a vision-language "
+            "model (zero-shot CLIP, or a trained head) and writes one polygon per chip with its label, "
+            "score and runners-up, styled by label.\n\n"
+            "Labels: one per line ('label: prompt text' describes a label in other words), or a labels file. "
+            "Model: 'mini' (bundled, offline), an open_clip name such as ViT-B-16:openai, or a checkpoint. "
+            "Chip size and overlap: pixels (224) or ground units (640m).\n\n"
+            "The geobimors command line runs in the environment set in the geobimors panel's settings."
+        )
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return MapSceneAlgorithm()
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
+        self.addParameter(QgsProcessingParameterString(self.LABELS, "Labels (one per line)", multiLine=True,
+                                                       optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.LABELS_FILE, "Labels file", optional=True,
+                                                     fileFilter="Text files (*.txt)"))
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model", defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterFile(self.HEAD, "Trained head checkpoint", optional=True,
+                                                     fileFilter="Head checkpoints (*.safetensors)"))
+        self.addParameter(QgsProcessingParameterString(self.CHIP_SIZE, "Chip size (px or ground units)",
+                                                       defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.OVERLAP, "Overlap", defaultValue="0", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands R,G,B (1-based)", defaultValue="",
+                                                       optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=DEVICES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips",
+                                                                  type=QgsProcessing.TypeVectorPolygon))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        raster = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if raster is None:
+            raise QgsProcessingException("no raster layer given")
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        if not output.lower().endswith(".gpkg"):
+            output = os.path.splitext(output)[0] + ".gpkg"
+        labels = [line for line in self.parameterAsString(parameters, self.LABELS, context).splitlines()
+                  if line.strip()]
+        labels_file = self.parameterAsFile(parameters, self.LABELS_FILE, context) or None
+        head = self.parameterAsFile(parameters, self.HEAD, context) or None
+        if not labels and not labels_file and not head:
+            raise QgsProcessingException("give labels (one per line), a labels file, or a trained head")
+        request = MapRequest(
+            scene=raster.source(),
+            output=output,
+            labels=labels,
+            labels_file=labels_file,
+            model=self.parameterAsString(parameters, self.MODEL, context) or None,
+            head=head,
+            chip_size=self.parameterAsString(parameters, self.CHIP_SIZE, context) or None,
+            overlap=self.parameterAsString(parameters, self.OVERLAP, context) or None,
+            bands=self.parameterAsString(parameters, self.BANDS, context) or None,
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+        )
+        try:
+            prefix = configured_prefix()
+        except EnvironmentProblem as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo("running: " + " ".join(prefix + ["map", request.scene, "-o", request.output]))
+        result = run_map(prefix, request, feedback.setProgress, feedback.isCanceled)
+        for warning in result.warnings:
+            feedback.reportError(warning, fatalError=False)
+        if result.cancelled:
+            raise QgsProcessingException("cancelled; run again to resume from the finished batches")
+        if result.error is not None and not os.path.exists(output):
+            raise QgsProcessingException(result.error)
+        return {self.OUTPUT: output}
+
+
+class GeobimorsProvider(QgsProcessingProvider):
+    """The geobimors Processing provider."""
+
+    def id(self):
+        return "geobimors"
+
+    def name(self):
+        return "geobimors"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def loadAlgorithms(self):  # noqa: N802 - QGIS API
+        self.addAlgorithm(MapSceneAlgorithm())
+
+    def supportedOutputVectorLayerExtensions(self):  # noqa: N802 - QGIS API
+        return ["gpkg"]

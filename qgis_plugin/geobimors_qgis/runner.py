@@ -1,0 +1,202 @@
+"""Runs the geobimors command line for the plugin: no torch, no geobimors import, no shell.
+
+The plugin drives ``geobimors map`` in the Python environment the user configured
+(the ``geobimors`` executable, or a Python with geobimors installed), reads its
+JSON-lines progress, and reports its one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+SETTINGS_KEY = "geobimors/executable"
+INSTALL_HINT = (
+    "install geobimors in a Python environment (pip install geobimors) and set the path of its "
+    "`geobimors` executable, or of its Python, in the geobimors plugin settings (or put it on PATH)"
+)
+
+
+class EnvironmentProblem(Exception):
+    """The configured geobimors environment is missing or broken (message says how to fix it)."""
+
+
+class RunFailed(Exception):
+    """The CLI reported an error (its one-line message) or failed."""
+
+
+@dataclass
+class MapRequest:
+    """The options of one ``geobimors map`` run."""
+
+    scene: str
+    output: str
+    labels: List[str] = field(default_factory=list)
+    labels_file: Optional[str] = None
+    model: Optional[str] = None
+    head: Optional[str] = None
+    chip_size: Optional[str] = None
+    overlap: Optional[str] = None
+    bands: Optional[str] = None
+    device: str = "auto"
+    overwrite: bool = True
+    regions: bool = False
+    extra: List[str] = field(default_factory=list)
+
+
+def command_prefix(configured: Optional[str]) -> List[str]:
+    """The command that starts the CLI: ``[geobimors]`` or ``[python, -m, geobimors.cli]``.
+
+    Raises:
+        EnvironmentProblem: nothing configured and no ``geobimors`` on PATH, or
+            the configured file does not exist.
+    """
+    path = (configured or "").strip()
+    if not path:
+        found = shutil.which("geobimors")
+        if found is None:
+            raise EnvironmentProblem("geobimors was not found on PATH; " + INSTALL_HINT)
+        return [found]
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise EnvironmentProblem(f"the configured geobimors path {path} is not an executable file; " + INSTALL_HINT)
+    if "python" in os.path.basename(path).lower():
+        return [path, "-m", "geobimors.cli"]
+    return [path]
+
+
+def check_environment(prefix: List[str], timeout: float = 60.0) -> str:
+    """Run ``--version``; return the version text.
+
+    Raises:
+        EnvironmentProblem: the command fails (a broken environment).
+    """
+    try:
+        done = subprocess.run(prefix + ["--version"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run {prefix[0]} ({exc}); " + INSTALL_HINT) from None
+    if done.returncode != 0 or "geobimors" not in done.stdout:
+        detail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EnvironmentProblem(f"{' '.join(prefix)} --version failed ({detail}); " + INSTALL_HINT)
+    return done.stdout.strip()
+
+
+def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
+    """Arguments of ``geobimors map`` for a request (a list: never through a shell)."""
+    args = ["map", request.scene, "-o", request.output, "--progress", "jsonl", "--device", request.device]
+    if labels_path:
+        args += ["--labels", labels_path]
+    for option, value in (
+        ("--model", request.model),
+        ("--head", request.head),
+        ("--chip-size", request.chip_size),
+        ("--overlap", request.overlap),
+        ("--bands", request.bands),
+    ):
+        if value not in (None, ""):
+            args += [option, str(value)]
+    if request.overwrite:
+        args.append("--overwrite")
+    if request.regions:
+        args.append("--regions")
+    return args + list(request.extra)
+
+
+def write_labels(labels: Iterable[str]) -> str:
+    """Write labels to a temporary UTF-8 labels file; return its path."""
+    handle, path = tempfile.mkstemp(prefix="geobimors-labels-", suffix=".txt")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        for label in labels:
+            if label.strip():
+                f.write(label.strip() + "\n")
+    return path
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    output: str
+    returncode: int
+    error: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+    cancelled: bool = False
+
+
+def run_map(
+    prefix: List[str],
+    request: MapRequest,
+    on_progress: Callable[[float], None] = lambda fraction: None,
+    is_cancelled: Callable[[], bool] = lambda: False,
+) -> RunResult:
+    """Run ``geobimors map``; report progress (0..100); stop it when cancelled.
+
+    Cancelling sends SIGINT (the CLI stops cleanly and keeps finished batches,
+    so running the same request again resumes), then terminates it if needed.
+    """
+    labels_path = request.labels_file
+    temporary = None
+    if labels_path is None and request.labels:
+        labels_path = temporary = write_labels(request.labels)
+    try:
+        process = subprocess.Popen(
+            prefix + build_args(request, labels_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
+    except OSError as exc:
+        raise EnvironmentProblem(f"could not start {prefix[0]} ({exc}); " + INSTALL_HINT) from None
+    result = RunResult(request.output, returncode=-1)
+    stop = threading.Event()
+
+    def watch_cancel() -> None:
+        while not stop.wait(0.2):
+            if is_cancelled() and process.poll() is None:
+                result.cancelled = True
+                process.send_signal(signal.SIGINT)
+                deadline = time.monotonic() + 15
+                while process.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if process.poll() is None:
+                    process.terminate()
+                return
+
+    watcher = threading.Thread(target=watch_cancel, daemon=True)
+    watcher.start()
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                total = event.get("total") or 0
+                if total:
+                    on_progress(100.0 * float(event.get("done", 0)) / float(total))
+            elif line.startswith("Error:"):
+                result.error = line[len("Error:"):].strip()
+            elif line.startswith("Warning:"):
+                result.warnings.append(line[len("Warning:"):].strip())
+        process.wait()
+    finally:
+        stop.set()
+        watcher.join(timeout=1)
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+    result.returncode = process.returncode
+    if result.returncode != 0 and not result.cancelled and result.error is None:
+        result.error = f"geobimors stopped with exit code {result.returncode}"
+    return result

@@ -1,0 +1,120 @@
+"""The plugin in a real (headless) QGIS 3.22: load, Processing, dock panel, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import processing
+from conftest import EXECUTABLE, SAMPLE, wait_for
+from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+import geobimors_qgis
+from geobimors_qgis.runner import MapRequest, build_args
+
+LABELS = ["residential buildings", "forest", "sea or lake", "annual crop land"]
+
+
+def categories(layer: QgsVectorLayer) -> list[str]:
+    renderer = layer.renderer()
+    assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "label"
+    return [c.value() for c in renderer.categories()]
+
+
+def test_plugin_loads_and_registers_the_algorithm(iface) -> None:
+    plugin = geobimors_qgis.classFactory(iface)
+    plugin.initGui()
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("geobimors") is not None
+    algorithm = registry.algorithmById("geobimors:mapscene")
+    assert algorithm is not None and algorithm.displayName() == "Map scene (geobimors)"
+    assert len(iface.toolbar) == 1 and len(iface.menu) == 2
+    panel = plugin.toggle_panel()
+    assert panel in iface.docks
+    plugin.unload()
+    assert registry.providerById("geobimors") is None and not iface.toolbar and not iface.docks
+
+
+def test_processing_run_gives_a_categorized_layer(iface, tmp_path: Path) -> None:
+    plugin = geobimors_qgis.classFactory(iface)
+    plugin.initProcessing()
+    try:
+        out = tmp_path / "recife.gpkg"
+        result = processing.run("geobimors:mapscene", {
+            "INPUT": str(SAMPLE / "L7_ETMs.tif"), "LABELS": "\n".join(LABELS), "MODEL": "mini", "BANDS": "3,2,1",
+            "OUTPUT": str(out),
+        })
+        assert result["OUTPUT"] == str(out) and out.exists()
+        layer = QgsVectorLayer(f"{out}|layername=chips", "chips", "ogr")
+        assert layer.isValid() and layer.featureCount() > 0
+        assert categories(layer) == LABELS  # the style stored in the GeoPackage, loaded by QGIS itself
+        assert layer.crs().authid() == "EPSG:31985"
+    finally:
+        plugin.unload()
+
+
+def test_processing_reports_cli_errors(iface, tmp_path: Path) -> None:
+    plugin = geobimors_qgis.classFactory(iface)
+    plugin.initProcessing()
+    try:
+        raised = None
+        try:
+            processing.run("geobimors:mapscene", {"INPUT": str(SAMPLE / "L7_ETMs.tif"), "LABELS": "forest\nsea",
+                                                  "MODEL": "mini", "OUTPUT": str(tmp_path / "o.gpkg")})
+        except Exception as exc:  # QgsProcessingException
+            raised = str(exc)
+        assert raised is not None and "pass --bands" in raised  # the CLI's one-line message
+    finally:
+        plugin.unload()
+
+
+def test_dock_panel_runs_and_adds_the_layer(iface, tmp_path: Path) -> None:
+    plugin = geobimors_qgis.classFactory(iface)
+    plugin.initGui()
+    try:
+        raster = QgsRasterLayer(str(SAMPLE / "L7_ETMs.tif"), "recife")
+        QgsProject.instance().addMapLayer(raster)
+        panel = plugin.toggle_panel()
+        panel.raster.setLayer(raster)
+        panel.labels.setPlainText("\n".join(LABELS))
+        panel.model.setText("mini")
+        panel.bands.setText("3,2,1")
+        out = tmp_path / "panel.gpkg"
+        panel.output.setFilePath(str(out))
+        task = panel.run()
+        assert task is not None
+        wait_for(lambda: panel.task is None)
+        added = [layer for layer in QgsProject.instance().mapLayers().values() if layer.name().startswith("geobimors")]
+        assert len(added) == 1 and categories(added[0]) == LABELS
+        order = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+        assert order.index(added[0]) < order.index(raster)  # drawn above the raster
+        assert panel.progress.value() == 100
+        assert any("added" in text for text, level in iface.bar.messages if level == Qgis.Success)
+    finally:
+        QgsProject.instance().clear()
+        plugin.unload()
+
+
+def test_broken_environment_is_explained(iface, tmp_path: Path) -> None:
+    plugin = geobimors_qgis.classFactory(iface)
+    plugin.initGui()
+    try:
+        panel = plugin.toggle_panel()
+        panel.raster_file.setFilePath(str(SAMPLE / "cogeo.tif"))
+        panel.executable.setText(str(tmp_path / "no-such-geobimors"))
+        assert panel.run() is None
+        text, level = iface.bar.messages[-1]
+        assert level == Qgis.Critical and "not an executable file" in text and "pip install geobimors" in text
+        panel.executable.setText("/bin/false")
+        assert panel.check() is None
+        text, level = iface.bar.messages[-1]
+        assert level == Qgis.Critical and "--version failed" in text
+        panel.executable.setText(EXECUTABLE)
+        assert panel.check().startswith("geobimors, version")
+    finally:
+        plugin.unload()
+
+
+def test_arguments_never_go_through_a_shell() -> None:
+    request = MapRequest(scene="a b; rm -rf x.tif", output="o.gpkg", model="mini", bands="3,2,1")
+    args = build_args(request, "labels.txt")
+    assert args[:2] == ["map", "a b; rm -rf x.tif"] and "--progress" in args and "jsonl" in args
