@@ -125,6 +125,16 @@ captioner_options = _options(
 )
 
 
+folder_labels_option = click.option(
+    "-l",
+    "--labels",
+    "labels_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="'FolderName: prompt text' lines (else folder names are split: SeaLake -> sea lake).",
+)
+
+
 def _split_numbers(text: str | None, option: str, kind: type = float) -> tuple[Any, ...] | None:
     if text is None:
         return None
@@ -424,14 +434,7 @@ def caption_command(
     show_default=True,
     help="BERT-style caption encoder: minilm (bundled, offline) or a Hugging Face id (bert-base-uncased).",
 )
-@click.option(
-    "-l",
-    "--labels",
-    "labels_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="'FolderName: prompt text' lines (else folder names are split: SeaLake -> sea lake).",
-)
+@folder_labels_option
 @click.option(
     "--classes",
     type=click.Choice(["all", "base", "new"]),
@@ -523,14 +526,7 @@ def train_command(
 @click.option("-m", "--model", default=None, help=MODEL_HELP + "  [default: the --head's model, else mini]")
 @click.option("--head", "head_path", type=click.Path(path_type=Path), default=None, help="Trained head checkpoint.")
 @click.option("--zero-shot", is_flag=True, help="Evaluate zero-shot CLIP (the default without --head).")
-@click.option(
-    "-l",
-    "--labels",
-    "labels_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="'FolderName: prompt text' lines (else folder names are split: SeaLake -> sea lake).",
-)
+@folder_labels_option
 @click.option(
     "--protocol",
     type=click.Choice(["all", "base-to-new"]),

@@ -1,4 +1,4 @@
-"""Build the installable plugin zip: python3 qgis_plugin/build.py [-o dist/]
+"""Build the installable plugin zip: python3 qgis_plugin/build.py [-o dist/].
 
 The zip holds the ``geobimors_qgis`` folder, as QGIS' "Install from ZIP" expects.
 """

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +38,34 @@ def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None
     assert len(errors) == 1, result.err
     for fragment in fragments:
         assert fragment.lower() in errors[0].lower(), (fragment, errors[0])
+
+
+def wait_for_parts(parts: Path, count: int, running: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Wait until a run has stored ``count`` batches (or stopped); assert it is still running."""
+    deadline = time.monotonic() + timeout
+    while len(list(parts.glob("batch-*.parquet"))) < count and running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running(), "the run finished before it could be interrupted"
+
+
+def map_command(scene: Path, labels: Path | str, model: str, out: Path) -> list[str]:
+    """The console-script command of a 16 px chip run (for runs in a subprocess)."""
+    exe = str(Path(sys.executable).with_name("geobimors"))
+    return [
+        exe,
+        "map",
+        str(scene),
+        "-l",
+        str(labels),
+        "-m",
+        model,
+        "--chip-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        "-q",
+    ]

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,10 +19,8 @@ from geobimors.run.pipeline import map_to_file
 from geobimors.run.plan import MapSettings, plan_map
 from geobimors.run.store import RunLock, store_path
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, map_command, run_cli, wait_for_parts
 from rasters import make_geotiff, random_rgb
-
-EXE = str(Path(sys.executable).with_name("geobimors"))
 
 
 @pytest.fixture()
@@ -86,11 +82,7 @@ def test_a_worker_killed_mid_run(tiny_model: str, big_scene: Path, labels_file: 
 
         thread = threading.Thread(target=run)
         thread.start()
-        parts = store_path(out)
-        deadline = time.monotonic() + 120
-        while len(list(parts.glob("batch-*.parquet"))) < 5 and time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.05)
-        assert thread.is_alive(), "the run finished before a worker could be killed"
+        wait_for_parts(store_path(out), 5, thread.is_alive)
         os.kill(pids[0], signal.SIGKILL)
         thread.join(timeout=300)
         assert not errors, errors
@@ -105,31 +97,11 @@ def test_client_killed_then_resumed(tiny_model: str, big_scene: Path, labels_fil
     reference = tmp_path / "reference.gpkg"
     map_to_file(plan_map(settings(big_scene, labels_file, tiny_model)), reference, progress_mode="none")
     out = tmp_path / "out.gpkg"
-    args = [
-        EXE,
-        "map",
-        str(big_scene),
-        "-l",
-        str(labels_file),
-        "-m",
-        tiny_model,
-        "--chip-size",
-        "16",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "-o",
-        str(out),
-        "-q",
-    ]
+    args = map_command(big_scene, labels_file, tiny_model, out)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, env=env)
     parts = store_path(out)
-    deadline = time.monotonic() + 120
-    while len(list(parts.glob("batch-*.parquet"))) < 5 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    wait_for_parts(parts, 5, lambda: proc.poll() is None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists() and parts.is_dir()

@@ -14,8 +14,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +31,8 @@ from safetensors.torch import save_file
 from geobimors.errors import GeobimorsError, InputError, ModelError
 from geobimors.labels import parse_labels
 
-from cli_helpers import CliResult, run_cli
+from cli_helpers import CliResult, map_command, run_cli, wait_for_parts
 from rasters import make_geotiff, random_rgb
-
-EXE = str(Path(sys.executable).with_name("geobimors"))
 
 
 @dataclass
@@ -503,29 +499,10 @@ def test_disk_full_while_writing(
 def test_signals_leave_a_resumable_run(sig: int, code: int, word: str, tiny_model: str, tmp_path: Path) -> None:
     source = make_geotiff(tmp_path / "big.tif", random_rgb(512, 512))
     out = tmp_path / "out.gpkg"
-    args = [
-        EXE,
-        "map",
-        str(source),
-        "-l",
-        labels(tmp_path),
-        "-m",
-        tiny_model,
-        "--chip-size",
-        "16",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "-o",
-        str(out),
-        "-q",
-    ]
+    args = map_command(source, labels(tmp_path), tiny_model, out)
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     parts = Path(str(out) + ".partial")
-    deadline = time.monotonic() + 120
-    while len(list(parts.glob("batch-*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_parts(parts, 3, lambda: proc.poll() is None)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and word in err and "Traceback" not in err

@@ -359,17 +359,6 @@ def test_bad_inputs_one_line_exit_2_no_output(
         os.chdir(cwd)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
-def test_read_only_output_directory(
-    capsys: pytest.CaptureFixture[str], tiny_model: str, rgb_scene: Path, labels_file: Path, tmp_path: Path
-) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    result = run_cli(capsys, "map", rgb_scene, "-l", labels_file, "-m", tiny_model, "-o", locked / "o.gpkg")
-    assert_one_line_error(result, 2, "not writable")
-
-
 def test_debug_shows_traceback(capsys: pytest.CaptureFixture[str], tmp_path: Path, labels_file: Path) -> None:
     from geobimors.errors import InputError
 

@@ -82,11 +82,6 @@ class BiMoRSHead(PromptHead):
         self.attention = nn.MultiheadAttention(dim, ATTENTION_HEADS, batch_first=True)
         self.to(clip.device)
 
-    @property
-    def uses_caption_model(self) -> bool:
-        """Whether captions must be generated (false with captioner ``none``)."""
-        return not self.captioner.is_none
-
     def encode_captions(self, captions: Sequence[str] | None) -> torch.Tensor | None:
         """Caption embeddings (N, Dc), or ``None`` with captioner ``none``."""
         if self.encoder is None or captions is None:

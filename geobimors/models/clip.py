@@ -436,9 +436,3 @@ def load_model(name: str, device: str = "auto", precision: str = "fp32") -> Clip
             raise describe_load_failure(name, exc) from exc
         _CACHE[key] = model
         return model
-
-
-def clear_model_cache() -> None:
-    """Forget loaded models (frees their memory once unreferenced)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()

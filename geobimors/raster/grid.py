@@ -164,13 +164,6 @@ class ChipGrid:
         """Transform of a window of this grid's scene."""
         return self.transform @ Affine.translation(window.col_off, window.row_off)
 
-    def window_bounds(self, window: Window) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) bounds of a window in the scene CRS (rotation included)."""
-        xs, ys = window_corners(
-            self.transform, np.array([[window.col_off, window.row_off, window.width, window.height]])
-        )
-        return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
-
     @property
     def ground_size(self) -> tuple[float, float]:
         """Chip size on the ground, in CRS units along x and y."""

@@ -33,13 +33,6 @@ def thread_dataset(path: str) -> rasterio.io.DatasetReader:
     return ds
 
 
-def close_thread_datasets() -> None:
-    """Close the calling thread's dataset handles."""
-    for ds in getattr(_local, "handles", {}).values():
-        ds.close()
-    _local.handles = {}
-
-
 @dataclass(frozen=True)
 class ReadSpec:
     """Everything a task needs to read chips itself: small and picklable.

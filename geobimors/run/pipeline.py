@@ -36,6 +36,7 @@ class RunSummary:
         n_skipped: chips skipped as mostly nodata.
         label_counts: chips per label (top-1).
         elapsed: seconds from start to end.
+        load_seconds: of which loading the model in this process.
         resumed_chips: chips taken from an earlier interrupted run.
         n_failed: chips whose windows could not be read (in the ``failed`` layer).
         first_failure: where and why the first of them failed.
@@ -47,15 +48,17 @@ class RunSummary:
     n_skipped: int = 0
     label_counts: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
+    load_seconds: float = 0.0
     resumed_chips: int = 0
     n_failed: int = 0
     first_failure: str | None = None
 
     @property
     def chips_per_second(self) -> float:
-        """Chips processed in this run per second (resumed chips excluded)."""
+        """Chips processed per second of this run after the model loaded (resumed chips excluded)."""
         processed = self.n_classified + self.n_skipped + self.n_failed - self.resumed_chips
-        return processed / self.elapsed if self.elapsed > 0 else 0.0
+        seconds = self.elapsed - self.load_seconds
+        return processed / seconds if seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -66,7 +69,8 @@ class RunSummary:
             f"grid: {self.plan.grid.describe()}",
         ]
         if total - self.resumed_chips > 0:
-            out.append(f"time: {self.elapsed:.1f} s, {self.chips_per_second:.1f} chips/s")
+            loading = f" (model loading {self.load_seconds:.1f} s)" if self.load_seconds >= 0.05 else ""
+            out.append(f"time: {self.elapsed:.1f} s{loading}, {self.chips_per_second:.1f} chips/s")
         if self.resumed_chips:
             out.append(f"resumed: {self.resumed_chips} chips came from the interrupted earlier run")
         if self.label_counts:
@@ -118,14 +122,14 @@ def _caption_stage(
 
 
 def _tasks(
-    plan: ScenePlan, skip: set[int], with_probabilities: bool, captions: dict[int, str] | None
+    plan: ScenePlan, skip: set[int], captions: dict[int, str] | None
 ) -> Iterator[tuple[object, ...]]:
     for index in range(plan.n_batches):
         if index in skip:
             continue
         batch = plan.batch(index)
         mine = {i: captions[i] for i in range(batch.start, batch.stop) if i in captions} if captions else None
-        yield (plan.read, plan.classifier, batch, plan.top_k, with_probabilities, mine)
+        yield (plan.read, plan.classifier, batch, plan.top_k, mine)
 
 
 def execute_plan(
@@ -134,7 +138,6 @@ def execute_plan(
     skip: set[int] | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
-    with_probabilities: bool = False,
     captions: dict[int, str] | None = None,
 ) -> None:
     """Run every batch of a plan (except ``skip``) and hand each result to ``on_result``.
@@ -145,20 +148,45 @@ def execute_plan(
         skip: batch indexes already done.
         executor: where tasks run (in-process Dask by default).
         progress: counts chips.
-        with_probabilities: results carry every class probability.
         captions: captions from the captioning stage, by chip index.
 
     Raises:
         GeobimorsError: when a task fails; the message names the chip window.
     """
     executor = executor or LocalExecutor()
-    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), with_probabilities, captions)):
+    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), captions)):
         if outcome.error is not None:
             raise _task_error(plan, outcome, 2)
         result: BatchResult = outcome.result
         on_result(result)
         if progress is not None:
             progress.update(len(result.rows))
+
+
+def _classify_all(
+    plan: ScenePlan,
+    executor: Executor,
+    on_table: Callable[[pa.Table, int], None],
+    progress_mode: str,
+    skip: set[int] | None = None,
+    captions: dict[int, str] | None = None,
+    initial: int = 0,
+) -> Progress:
+    """Classify every batch (except ``skip``) with a progress bar; hand each batch's records to ``on_table``."""
+    names = plan.classifier.class_names
+    progress = Progress(plan.n_chips, progress_mode, initial=initial)
+    try:
+        execute_plan(
+            plan,
+            lambda result: on_table(result_table(result, names, plan.top_k), result.batch.index),
+            skip=skip,
+            executor=executor,
+            progress=progress,
+            captions=captions,
+        )
+    finally:
+        progress.close()
+    return progress
 
 
 def _task_error(plan: ScenePlan, outcome: Outcome, batch_arg: int) -> GeobimorsError:
@@ -222,7 +250,9 @@ def map_to_file(
     executor = executor or LocalExecutor()
     with RunLock(out):
         if isinstance(executor, LocalExecutor):
+            loading = time.monotonic()
             get_classifier(plan.classifier)  # a bad model fails before a store is created
+            summary.load_seconds = time.monotonic() - loading
         store = RunStore.open(out, plan.fingerprint(), restart=restart)
         if on_start is not None:
             on_start(executor)
@@ -239,23 +269,20 @@ def map_to_file(
         done = store.done()
         summary.resumed_chips = sum(plan.batch(i).stop - plan.batch(i).start for i in done)
         class_names = plan.classifier.class_names
-        progress = Progress(plan.n_chips, progress_mode, initial=summary.resumed_chips)
-        try:
-            execute_plan(
-                plan,
-                lambda result: store.write(result.batch.index, result_table(result, class_names, plan.top_k)),
-                skip=done,
-                executor=executor,
-                progress=progress,
-                captions=captions,
-            )
-        finally:
-            progress.close()
+        progress = _classify_all(
+            plan,
+            executor,
+            lambda table, index: store.write(index, table),
+            progress_mode,
+            skip=done,
+            captions=captions,
+            initial=summary.resumed_chips,
+        )
         columns = _output_columns(plan)
         extra = _extra_columns(plan)
         transform, crs = plan.scene.transform, plan.scene.crs
         with GeoPackageWriter(out, overwrite, plan.describe()) as writer:
-            for table in store.tables():
+            for table in _chunks(store.tables()):
                 _count(summary, table)
                 writer.append(records_to_frame(table, transform, crs, columns, extra))
                 writer.append(failed_to_frame(table, transform, crs), FAILED_LAYER)
@@ -264,6 +291,20 @@ def map_to_file(
     summary.elapsed = time.monotonic() - start
     progress.event("done", output=str(out), failed=summary.n_failed)
     return summary
+
+
+def _chunks(tables: Iterator[pa.Table], rows: int = 20_000) -> Iterator[pa.Table]:
+    """Concatenate batch tables into chunks of about ``rows`` rows (fewer, larger writes; bounded memory)."""
+    pending: list[pa.Table] = []
+    count = 0
+    for table in tables:
+        pending.append(table)
+        count += table.num_rows
+        if count >= rows:
+            yield pa.concat_tables(pending)
+            pending, count = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
 
 
 def _count(summary: RunSummary, table: pa.Table) -> None:
@@ -284,21 +325,12 @@ def _count(summary: RunSummary, table: pa.Table) -> None:
 def map_plan(plan: ScenePlan, progress_mode: str = "bar", executor: Executor | None = None) -> gpd.GeoDataFrame:
     """Run a plan and return the labeled chips as a GeoDataFrame (no file written)."""
     tables: dict[int, pa.Table] = {}
-    class_names = plan.classifier.class_names
     executor = executor or LocalExecutor()
     captions = None
     if plan.writes_captions:
         captions = _caption_stage(plan, executor, {}, set(), lambda r: None, progress_mode)
-    progress = Progress(plan.n_chips, progress_mode)
-    try:
-        execute_plan(
-            plan,
-            lambda result: tables.__setitem__(result.batch.index, result_table(result, class_names, plan.top_k)),
-            executor=executor,
-            progress=progress,
-            captions=captions,
-        )
-    finally:
-        progress.close()
+    _classify_all(
+        plan, executor, lambda table, index: tables.__setitem__(index, table), progress_mode, captions=captions
+    )
     table = pa.concat_tables([tables[i] for i in sorted(tables)])
     return records_to_frame(table, plan.scene.transform, plan.scene.crs, _output_columns(plan), _extra_columns(plan))

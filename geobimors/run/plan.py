@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -260,8 +259,3 @@ def plan_map(settings: MapSettings) -> ScenePlan:
 def _file_digest(path: str) -> str:
     """SHA-256 of a file's bytes (a retrained head changes the run's fingerprint)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:20]
-
-
-def labels_tuple(labels: Sequence[Label]) -> tuple[Label, ...]:
-    """Labels as a tuple (settings are frozen and hashable)."""
-    return tuple(labels)

@@ -31,7 +31,6 @@ class BatchResult:
         classified: (N,) True for chips that were classified.
         top_index: (M, k) label indexes of the k best labels of each classified chip.
         top_score: (M, k) their probabilities.
-        probabilities: (M, C) all class probabilities, when asked for.
     """
 
     batch: Batch
@@ -42,7 +41,6 @@ class BatchResult:
     classified: np.ndarray
     top_index: np.ndarray
     top_score: np.ndarray
-    probabilities: np.ndarray | None = None
     captions: list[str] | None = None
     errors: list[str | None] | None = None
 
@@ -64,7 +62,6 @@ def classify_batch(
     classifier: ClassifierSpec,
     batch: Batch,
     top_k: int,
-    with_probabilities: bool = False,
     captions: dict[int, str] | None = None,
 ) -> BatchResult:
     """Read a batch of chips from the scene and classify the valid ones.
@@ -74,7 +71,6 @@ def classify_batch(
         classifier: which model and labels to classify with.
         batch: the range of chips.
         top_k: number of best labels to return per chip.
-        with_probabilities: also return every class probability.
         captions: captions from the captioning stage, by linear chip index.
 
     Returns:
@@ -96,7 +92,6 @@ def classify_batch(
         classified=pixels.keep,
         top_index=top.indices.numpy().astype(np.int32) if top is not None else np.zeros((0, k), np.int32),
         top_score=top.values.numpy().astype(np.float32) if top is not None else np.zeros((0, k), np.float32),
-        probabilities=probs.numpy() if with_probabilities else None,
         captions=texts,
         errors=pixels.errors if any(e is not None for e in pixels.errors) else None,
     )

@@ -6,7 +6,7 @@ plugin settings.
 """
 
 
-def classFactory(iface):  # noqa: N802 - QGIS plugin entry point
+def classFactory(iface):
     """Create the plugin (called by QGIS)."""
     from .plugin import GeobimorsPlugin
 

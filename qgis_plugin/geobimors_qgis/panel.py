@@ -22,7 +22,17 @@ from .runner import EnvironmentProblem, MapRequest, check_environment, command_p
 from .settings import configured_executable, set_configured_executable
 from .task import MapTask
 
-DEFAULT_LABELS = "forest\nsea or lake\nriver\nresidential buildings\nindustrial buildings\nannual crop land\npasture land"
+DEFAULT_LABELS = "\n".join(
+    [
+        "forest",
+        "sea or lake",
+        "river",
+        "residential buildings",
+        "industrial buildings",
+        "annual crop land",
+        "pasture land",
+    ]
+)
 
 
 class MapPanel(QDockWidget):
@@ -165,9 +175,15 @@ class MapPanel(QDockWidget):
         if not labels and not head:
             raise ValueError("write at least two labels, or choose a trained head")
         return MapRequest(
-            scene=scene, output=output, labels=labels, model=self.model.text().strip() or None, head=head,
-            chip_size=self.chip_size.text().strip() or None, overlap=self.overlap.text().strip() or None,
-            bands=self.bands.text().strip() or None, device=self.device.currentText(),
+            scene=scene,
+            output=output,
+            labels=labels,
+            model=self.model.text().strip() or None,
+            head=head,
+            chip_size=self.chip_size.text().strip() or None,
+            overlap=self.overlap.text().strip() or None,
+            bands=self.bands.text().strip() or None,
+            device=self.device.currentText(),
         )
 
     def run(self):

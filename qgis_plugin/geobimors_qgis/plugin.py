@@ -23,11 +23,11 @@ class GeobimorsPlugin:
         self.provider = None
         self.actions = []
 
-    def initProcessing(self):  # noqa: N802 - QGIS API
+    def initProcessing(self):
         self.provider = GeobimorsProvider()
         QgsApplication.processingRegistry().addProvider(self.provider)
 
-    def initGui(self):  # noqa: N802 - QGIS API
+    def initGui(self):
         self.initProcessing()
         icon = QIcon(os.path.join(HERE, "icon.png"))
         show = QAction(icon, "geobimors: map a scene", self.iface.mainWindow())

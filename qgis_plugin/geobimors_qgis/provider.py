@@ -39,19 +39,19 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
     def name(self):
         return "mapscene"
 
-    def displayName(self):  # noqa: N802 - QGIS API
+    def displayName(self):
         return "Map scene (geobimors)"
 
     def group(self):
         return "Classification"
 
-    def groupId(self):  # noqa: N802 - QGIS API
+    def groupId(self):
         return "classification"
 
     def icon(self):
         return QIcon(ICON)
 
-    def shortHelpString(self):  # noqa: N802 - QGIS API
+    def shortHelpString(self):
         return (
             "Cuts the raster into chips, classifies every chip against the labels with a vision-language "
             "model (zero-shot CLIP, or a trained head) and writes one polygon per chip with its label, "
@@ -62,36 +62,47 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
 
-    def createInstance(self):  # noqa: N802 - QGIS API
+    def createInstance(self):
         return MapSceneAlgorithm()
 
-    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+    def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
-        self.addParameter(QgsProcessingParameterString(self.LABELS, "Labels (one per line)", multiLine=True,
-                                                       optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.LABELS_FILE, "Labels file", optional=True,
-                                                     fileFilter="Text files (*.txt)"))
+        self.addParameter(
+            QgsProcessingParameterString(self.LABELS, "Labels (one per line)", multiLine=True, optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(self.LABELS_FILE, "Labels file", optional=True, fileFilter="Text files (*.txt)")
+        )
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model", defaultValue="", optional=True))
-        self.addParameter(QgsProcessingParameterFile(self.HEAD, "Trained head checkpoint", optional=True,
-                                                     fileFilter="Head checkpoints (*.safetensors)"))
-        self.addParameter(QgsProcessingParameterString(self.CHIP_SIZE, "Chip size (px or ground units)",
-                                                       defaultValue="", optional=True))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.HEAD, "Trained head checkpoint", optional=True, fileFilter="Head checkpoints (*.safetensors)"
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.CHIP_SIZE, "Chip size (px or ground units)", defaultValue="", optional=True
+            )
+        )
         self.addParameter(QgsProcessingParameterString(self.OVERLAP, "Overlap", defaultValue="0", optional=True))
-        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands R,G,B (1-based)", defaultValue="",
-                                                       optional=True))
+        self.addParameter(
+            QgsProcessingParameterString(self.BANDS, "Bands R,G,B (1-based)", defaultValue="", optional=True)
+        )
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=DEVICES, defaultValue=0))
-        self.addParameter(QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips",
-                                                                  type=QgsProcessing.TypeVectorPolygon))
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
+        )
 
-    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+    def processAlgorithm(self, parameters, context, feedback):
         raster = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if raster is None:
             raise QgsProcessingException("no raster layer given")
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not output.lower().endswith(".gpkg"):
             output = os.path.splitext(output)[0] + ".gpkg"
-        labels = [line for line in self.parameterAsString(parameters, self.LABELS, context).splitlines()
-                  if line.strip()]
+        labels = [
+            line for line in self.parameterAsString(parameters, self.LABELS, context).splitlines() if line.strip()
+        ]
         labels_file = self.parameterAsFile(parameters, self.LABELS_FILE, context) or None
         head = self.parameterAsFile(parameters, self.HEAD, context) or None
         if not labels and not labels_file and not head:
@@ -112,7 +123,7 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
             prefix = configured_prefix()
         except EnvironmentProblem as exc:
             raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo("running: " + " ".join(prefix + ["map", request.scene, "-o", request.output]))
+        feedback.pushInfo("running: " + " ".join([*prefix, "map", request.scene, "-o", request.output]))
         result = run_map(prefix, request, feedback.setProgress, feedback.isCanceled)
         for warning in result.warnings:
             feedback.reportError(warning, fatalError=False)
@@ -135,8 +146,8 @@ class GeobimorsProvider(QgsProcessingProvider):
     def icon(self):
         return QIcon(ICON)
 
-    def loadAlgorithms(self):  # noqa: N802 - QGIS API
+    def loadAlgorithms(self):
         self.addAlgorithm(MapSceneAlgorithm())
 
-    def supportedOutputVectorLayerExtensions(self):  # noqa: N802 - QGIS API
+    def supportedOutputVectorLayerExtensions(self):
         return ["gpkg"]

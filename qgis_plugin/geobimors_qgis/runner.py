@@ -80,7 +80,7 @@ def check_environment(prefix: List[str], timeout: float = 60.0) -> str:
         EnvironmentProblem: the command fails (a broken environment).
     """
     try:
-        done = subprocess.run(prefix + ["--version"], capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([*prefix, "--version"], capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EnvironmentProblem(f"could not run {prefix[0]} ({exc}); " + INSTALL_HINT) from None
     if done.returncode != 0 or "geobimors" not in done.stdout:
@@ -187,9 +187,9 @@ def run_map(
                 if total:
                     on_progress(100.0 * float(event.get("done", 0)) / float(total))
             elif line.startswith("Error:"):
-                result.error = line[len("Error:"):].strip()
+                result.error = line[len("Error:") :].strip()
             elif line.startswith("Warning:"):
-                result.warnings.append(line[len("Warning:"):].strip())
+                result.warnings.append(line[len("Warning:") :].strip())
         process.wait()
     finally:
         stop.set()

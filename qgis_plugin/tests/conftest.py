@@ -46,7 +46,7 @@ class FakeMessageBar:
     def __init__(self) -> None:
         self.messages: list[tuple[str, int]] = []
 
-    def pushMessage(self, title, text, level=0, duration=0):  # noqa: N802 - QGIS API
+    def pushMessage(self, title, text, level=0, duration=0):
         self.messages.append((text, int(level)))
 
 
@@ -60,28 +60,28 @@ class FakeIface:
         self.menu: list = []
         self.docks: list = []
 
-    def mainWindow(self):  # noqa: N802
+    def mainWindow(self):
         return self.window
 
-    def messageBar(self):  # noqa: N802
+    def messageBar(self):
         return self.bar
 
-    def addToolBarIcon(self, action):  # noqa: N802
+    def addToolBarIcon(self, action):
         self.toolbar.append(action)
 
-    def removeToolBarIcon(self, action):  # noqa: N802
+    def removeToolBarIcon(self, action):
         self.toolbar.remove(action)
 
-    def addPluginToRasterMenu(self, name, action):  # noqa: N802
+    def addPluginToRasterMenu(self, name, action):
         self.menu.append(action)
 
-    def removePluginRasterMenu(self, name, action):  # noqa: N802
+    def removePluginRasterMenu(self, name, action):
         self.menu.remove(action)
 
-    def addDockWidget(self, area, dock):  # noqa: N802
+    def addDockWidget(self, area, dock):
         self.docks.append(dock)
 
-    def removeDockWidget(self, dock):  # noqa: N802
+    def removeDockWidget(self, dock):
         self.docks.remove(dock)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import geobimors_qgis
 import processing
-from conftest import EXECUTABLE, SAMPLE, wait_for
+from geobimors_qgis.runner import MapRequest, build_args
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
-import geobimors_qgis
-from geobimors_qgis.runner import MapRequest, build_args
+from conftest import EXECUTABLE, SAMPLE, wait_for
 
 LABELS = ["residential buildings", "forest", "sea or lake", "annual crop land"]
 
@@ -39,10 +39,16 @@ def test_processing_run_gives_a_categorized_layer(iface, tmp_path: Path) -> None
     plugin.initProcessing()
     try:
         out = tmp_path / "recife.gpkg"
-        result = processing.run("geobimors:mapscene", {
-            "INPUT": str(SAMPLE / "L7_ETMs.tif"), "LABELS": "\n".join(LABELS), "MODEL": "mini", "BANDS": "3,2,1",
-            "OUTPUT": str(out),
-        })
+        result = processing.run(
+            "geobimors:mapscene",
+            {
+                "INPUT": str(SAMPLE / "L7_ETMs.tif"),
+                "LABELS": "\n".join(LABELS),
+                "MODEL": "mini",
+                "BANDS": "3,2,1",
+                "OUTPUT": str(out),
+            },
+        )
         assert result["OUTPUT"] == str(out) and out.exists()
         layer = QgsVectorLayer(f"{out}|layername=chips", "chips", "ogr")
         assert layer.isValid() and layer.featureCount() > 0
@@ -58,8 +64,15 @@ def test_processing_reports_cli_errors(iface, tmp_path: Path) -> None:
     try:
         raised = None
         try:
-            processing.run("geobimors:mapscene", {"INPUT": str(SAMPLE / "L7_ETMs.tif"), "LABELS": "forest\nsea",
-                                                  "MODEL": "mini", "OUTPUT": str(tmp_path / "o.gpkg")})
+            processing.run(
+                "geobimors:mapscene",
+                {
+                    "INPUT": str(SAMPLE / "L7_ETMs.tif"),
+                    "LABELS": "forest\nsea",
+                    "MODEL": "mini",
+                    "OUTPUT": str(tmp_path / "o.gpkg"),
+                },
+            )
         except Exception as exc:  # QgsProcessingException
             raised = str(exc)
         assert raised is not None and "pass --bands" in raised  # the CLI's one-line message

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
+from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
+
 # Class folder -> training phrasings (the first is the plain class name used for evaluation).
 TRAIN_SYNONYMS: dict[str, list[str]] = {
     "AnnualCrop": ["annual crop land", "annual crops", "cropland", "arable land", "cultivated fields", "crop fields"],
@@ -64,16 +66,7 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
     "{}.",
     "a photo of {}.",
     "an image of {}.",
-    "a satellite image of {}.",
-    "a satellite photo of {}.",
-    "an aerial image of {}.",
-    "an aerial photograph of {}.",
-    "an aerial view of {}.",
-    "a remote sensing image of {}.",
-    "satellite imagery of {}.",
-    "a centered satellite photo of {}.",
-    "an overhead view of {}.",
-    "a top-down image of {}.",
+    *REMOTE_SENSING_TEMPLATES,  # the templates geobimors classifies with
     "a sentinel-2 image of {}.",
     "a low resolution satellite image of {}.",
     "{} seen from space.",
@@ -95,7 +88,7 @@ def load_image_folder(root: Path, limit_per_class: int | None = None) -> tuple[t
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random resized crops (area 0.6-1), 90-degree rotations, flips and light colour jitter.
+    """Random resized crops (area 0.6-1), rotations, flips, sensor-resolution blur and colour jitter.
 
     One batched affine resampling does crop, rotation and flip together.
 
@@ -117,8 +110,19 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    brightness = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    contrast = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    # Coarser sensors: half the images are blurred as if imaged at 1-3x the ground distance
+    # (10-30 m) and resampled back, as geobimors does with 30 m Landsat chips.
+    h, w = out.shape[-2:]
+    for i in torch.nonzero(torch.rand(n, generator=generator) < 0.5).flatten().tolist():
+        factor = 1.0 + 2.0 * torch.rand(1, generator=generator).item()
+        small = F.interpolate(out[i : i + 1], size=(max(4, round(h / factor)), max(4, round(w / factor))), mode="area")
+        out[i] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+    # Other sensors and processing: per-channel gains and offsets, brightness and contrast.
+    gains = 1 + 0.3 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
+    offsets = 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
+    brightness = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    contrast = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    out = out * gains + offsets
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * contrast + mean * brightness).clamp(0, 1)
 
