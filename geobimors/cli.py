@@ -65,7 +65,8 @@ device_options = _options(
         type=click.Choice(["fp32", "bf16", "fp16"]),
         default="fp32",
         show_default=True,
-        help="bf16 autocast works on CPU and GPU; fp16 needs CUDA.",
+        help="bf16 autocast works on CPU and GPU (faster only where the hardware has bf16: recent GPUs, "
+        "CPUs with AVX512-BF16 or AMX); fp16 needs CUDA.",
     ),
 )
 

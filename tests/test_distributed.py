@@ -71,6 +71,11 @@ def test_a_worker_killed_mid_run(tiny_model: str, big_scene: Path, labels_file: 
     executor = DistributedExecutor(workers=2)
     out = tmp_path / "out.gpkg"
     try:
+        # Workers get their share of the cores for OpenMP, and not Dask's allocator setting that slows torch.
+        names = ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+        environ = executor.client.run(lambda: {k: os.environ.get(k) for k in names})
+        share = str(max(1, (os.cpu_count() or 1) // 2))
+        assert list(environ.values()) == [{"OMP_NUM_THREADS": share, "MALLOC_TRIM_THRESHOLD_": None}] * 2
         pids = list(executor.client.run(os.getpid).values())
         errors: list[BaseException] = []
 

@@ -19,8 +19,18 @@ from geobimors.train.data import load_image_folder
 
 from cli_helpers import run_cli
 
-PLAIN = ["annual crop land", "forest", "herbaceous vegetation", "highway", "industrial buildings", "pasture land",
-         "permanent crop land", "residential buildings", "river", "sea or lake"]
+PLAIN = [
+    "annual crop land",
+    "forest",
+    "herbaceous vegetation",
+    "highway",
+    "industrial buildings",
+    "pasture land",
+    "permanent crop land",
+    "residential buildings",
+    "river",
+    "sea or lake",
+]
 # Measured 90.0% on this fixed sample (docs/model-card-mini.md); the bound leaves room for
 # platform noise but fails on a broken preprocessing step (band order, normalisation, resizing).
 MIN_ACCURACY = 0.86
@@ -29,8 +39,9 @@ MIN_ACCURACY = 0.86
 def sample_accuracy(images: np.ndarray, targets: np.ndarray) -> float:
     clip = load_model("mini", device="cpu")
     head = ZeroShotHead(clip, [Label(p, p) for p in PLAIN])
-    predictions = torch.cat([head.logits(clip.preprocess(images[i : i + 100])).argmax(1)
-                             for i in range(0, len(images), 100)])
+    predictions = torch.cat(
+        [head.logits(clip.preprocess(images[i : i + 100])).argmax(1) for i in range(0, len(images), 100)]
+    )
     return float((predictions.numpy() == targets).mean())
 
 
@@ -49,8 +60,9 @@ def test_weights_are_bundled_small_and_safe() -> None:
     assert (clip.native_gsd, clip.default_chip_size, clip.image_size) == (10.0, 64, (64, 64))
     reference = load_file(str(mini.text_tower_path() / "model.safetensors"))
     loaded = clip.model.text.transformer.state_dict()
-    assert torch.equal(loaded["encoder.layer.0.attention.self.query.weight"],
-                       reference["encoder.layer.0.attention.self.query.weight"])
+    assert torch.equal(
+        loaded["encoder.layer.0.attention.self.query.weight"], reference["encoder.layer.0.attention.self.query.weight"]
+    )
 
 
 def test_zero_shot_accuracy_on_eurosat(val_sample) -> None:  # type: ignore[no-untyped-def]
@@ -64,8 +76,9 @@ def test_a_broken_band_order_fails_the_accuracy_check(val_sample) -> None:  # ty
 
 def test_map_uses_the_models_chip_size_and_resolution() -> None:
     root = Path(__file__).resolve().parents[1] / "sample_data"
-    plan = plan_map(MapSettings(scene=str(root / "L7_ETMs.tif"), labels=tuple(read_labels(root / "labels.txt")),
-                                bands=(3, 2, 1)))
+    plan = plan_map(
+        MapSettings(scene=str(root / "L7_ETMs.tif"), labels=tuple(read_labels(root / "labels.txt")), bands=(3, 2, 1))
+    )
     # 640 m chips (64 px at 10 m): 22 Landsat pixels of 28.5 m, resampled to 64 x 64.
     assert (plan.grid.chip_width, plan.grid.out_width) == (22, 64)
 
@@ -73,8 +86,9 @@ def test_map_uses_the_models_chip_size_and_resolution() -> None:
 def test_cli_maps_the_sample_scene_with_real_labels(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1] / "sample_data"
     out = tmp_path / "recife.gpkg"
-    result = run_cli(capsys, "map", root / "L7_ETMs.tif", "--labels", root / "labels.txt", "--bands", "3,2,1",
-                     "-o", out, "--regions")
+    result = run_cli(
+        capsys, "map", root / "L7_ETMs.tif", "--labels", root / "labels.txt", "--bands", "3,2,1", "-o", out, "--regions"
+    )
     assert result.exit_code == 0, result.err
     chips = gpd.read_file(out, layer="chips")
     assert len(chips) == 16 * 16

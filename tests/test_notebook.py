@@ -18,8 +18,9 @@ def test_quickstart_notebook_executes() -> None:
     output = EXAMPLES / "quickstart.gpkg"
     output.unlink(missing_ok=True)
     try:
-        NotebookClient(notebook, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(EXAMPLES)}}).execute()
+        NotebookClient(
+            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(EXAMPLES)}}
+        ).execute()
         outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
         assert not [o for o in outputs if o.get("output_type") == "error"]
         assert any("image/png" in o.get("data", {}) for o in outputs)  # the label map was plotted

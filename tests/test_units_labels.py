@@ -1,4 +1,4 @@
-"""Lengths with units and the labels-file parser."""
+"""Lengths with units, the labels-file parser and label colours."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 from geobimors.errors import InputError
 from geobimors.labels import Label, camel_to_words, parse_labels, read_labels
 from geobimors.units import Length, parse_length
+from geobimors.vector.style import label_colours
 
 
 @pytest.mark.parametrize(
@@ -68,3 +69,14 @@ def test_camel_to_words() -> None:
     assert camel_to_words("HerbaceousVegetation") == "herbaceous vegetation"
     assert camel_to_words("annual_crop") == "annual crop"
     assert camel_to_words("RGBImage") == "rgb image"
+
+
+def test_label_colours_are_distinct_and_natural() -> None:
+    labels = ["river", "sea or lake", "forest", "residential buildings", "thing one", "thing two"]
+    colours = label_colours(labels)
+    assert len(set(colours.values())) == len(labels)
+    for water in ("river", "sea or lake"):  # water reads as blue: blue channel dominates
+        red, green, blue = (int(colours[water][i : i + 2], 16) for i in (1, 3, 5))
+        assert blue > red and blue > green
+    red, green, blue = (int(colours["forest"][i : i + 2], 16) for i in (1, 3, 5))
+    assert green > red and green > blue

@@ -148,14 +148,19 @@ class DistributedExecutor:
             n = max(1, workers or 1)
             cores = os.cpu_count() or 1
             threads = max(1, cores // n)
-            self.cluster = LocalCluster(
-                n_workers=n,
-                threads_per_worker=threads,
-                processes=True,
-                dashboard_address=":0",
-                resources={"GPU": 1} if gpu else None,
-                silence_logs=50,
-            )
+            # Dask's nanny starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=65536;
+            # for torch that halves throughput (measured: 0.15 s instead of 0.07 s per mini batch,
+            # even after torch.set_num_threads), so workers start with their share of the cores.
+            environ = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                self.cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=threads,
+                    processes=True,
+                    dashboard_address=":0",
+                    resources={"GPU": 1} if gpu else None,
+                    silence_logs=50,
+                )
             self.client = Client(self.cluster)
             self.client.register_plugin(TorchThreads(threads))  # N workers must not each use every core
             self.description = f"local Dask cluster, {n} worker processes x {threads} threads"

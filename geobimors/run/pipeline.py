@@ -121,9 +121,7 @@ def _caption_stage(
     return captions
 
 
-def _tasks(
-    plan: ScenePlan, skip: set[int], captions: dict[int, str] | None
-) -> Iterator[tuple[object, ...]]:
+def _tasks(plan: ScenePlan, skip: set[int], captions: dict[int, str] | None) -> Iterator[tuple[object, ...]]:
     for index in range(plan.n_batches):
         if index in skip:
             continue

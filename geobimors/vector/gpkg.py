@@ -163,11 +163,11 @@ class GeoPackageWriter:
         Returns:
             The output path.
         """
-        styles = [(CHIPS_LAYER, "geometry", categorized_qml(labels))]
+        styles = [(CHIPS_LAYER, categorized_qml(labels))]
         if regions:
             chips = pyogrio.read_dataframe(self.tmp, layer=CHIPS_LAYER, columns=["label"])
             self._write(dissolve_regions(chips), REGIONS_LAYER, append=False)
-            styles.append((REGIONS_LAYER, "geometry", categorized_qml(labels, outline=False)))
+            styles.append((REGIONS_LAYER, categorized_qml(labels, outline=False)))
         try:
             write_layer_styles(str(self.tmp), styles)
             if self.output.exists() and not self.overwrite:

@@ -13,7 +13,8 @@ from xml.sax.saxutils import quoteattr
 
 # Colours for common land-cover words, so maps read naturally (water is blue).
 _KEYWORD_COLOURS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("sea", "lake", "water", "ocean", "river", "reservoir", "pond"), "#3a7bd5"),
+    (("river", "stream", "canal", "watercourse"), "#6baed6"),
+    (("sea", "lake", "water", "ocean", "reservoir", "pond"), "#2166ac"),
     (("snow", "ice", "glacier"), "#e8f1f8"),
     (("cloud",), "#d9d9d9"),
     (("forest", "wood", "tree"), "#1b7837"),
@@ -130,15 +131,20 @@ CREATE TABLE IF NOT EXISTS layer_styles (
 """
 
 
-def write_layer_styles(gpkg: str, styles: Sequence[tuple[str, str, str]]) -> None:
+def write_layer_styles(gpkg: str, styles: Sequence[tuple[str, str]]) -> None:
     """Store default styles in a GeoPackage's ``layer_styles`` table.
+
+    QGIS matches a stored style to its layer by table name *and* geometry
+    column, so the column is read from ``gpkg_geometry_columns`` rather than
+    assumed (GDAL names it ``geom`` by default, not ``geometry``).
 
     Args:
         gpkg: path of the GeoPackage.
-        styles: (layer name, geometry column, QML) per layer.
+        styles: (layer name, QML) per layer; each layer must already exist.
     """
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     with sqlite3.connect(gpkg) as db:
+        geometry_columns = dict(db.execute("SELECT table_name, column_name FROM gpkg_geometry_columns"))
         db.execute(_CREATE_LAYER_STYLES)
         # Registered as an attribute table so OGR (and QGIS through it) lists it.
         db.execute(
@@ -146,7 +152,8 @@ def write_layer_styles(gpkg: str, styles: Sequence[tuple[str, str, str]]) -> Non
             "VALUES ('layer_styles', 'attributes', 'layer_styles', ?)",
             (now,),
         )
-        for layer, geometry_column, qml in styles:
+        for layer, qml in styles:
+            geometry_column = geometry_columns[layer]
             db.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
             db.execute(
                 "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "

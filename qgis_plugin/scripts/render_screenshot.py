@@ -22,7 +22,9 @@ sys.path.insert(0, str(ROOT / "qgis_plugin"))
 from geobimors_qgis.runner import MapRequest, command_prefix, run_map  # noqa: E402
 from qgis.core import (  # noqa: E402
     QgsApplication,
+    QgsContrastEnhancement,
     QgsLayerTreeLayer,
+    QgsLayerTreeModel,
     QgsLegendRenderer,
     QgsLegendSettings,
     QgsMapRendererParallelJob,
@@ -65,8 +67,6 @@ def main() -> None:
         (1, renderer.setBlueContrastEnhancement),
     ):
         stats = raster.dataProvider().bandStatistics(band)
-        from qgis.core import QgsContrastEnhancement
-
         enhancement = QgsContrastEnhancement(raster.dataProvider().dataType(band))
         enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
         enhancement.setMinimumValue(stats.mean - 2 * stats.stdDev)
@@ -92,9 +92,9 @@ def main() -> None:
     for node in list(legend_model_root.children()):
         if isinstance(node, QgsLayerTreeLayer) and node.layer() is raster:
             legend_model_root.removeChildNode(node)
-    from qgis.core import QgsLayerTreeModel
-
-    legend = QgsLegendRenderer(QgsLayerTreeModel(legend_model_root), QgsLegendSettings())
+    # The renderer does not own the model: keep it alive, or Qt frees it under us.
+    legend_model = QgsLayerTreeModel(legend_model_root)
+    legend = QgsLegendRenderer(legend_model, QgsLegendSettings())
     size = legend.minimumSize()
     dpmm = 96 / 25.4
     legend_image = QImage(int(size.width() * dpmm) + 20, int(size.height() * dpmm) + 20, QImage.Format_ARGB32)
