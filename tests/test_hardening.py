@@ -468,7 +468,8 @@ def small_filesystem(path: Path, size: str) -> Iterator[bool]:
         yield mounted
     finally:
         if mounted:
-            subprocess.run(["umount", str(path)], capture_output=True)
+            unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+            assert unmounted.returncode == 0, f"a file is still open on the full disk: {unmounted.stderr}"
 
 
 def test_disk_full_while_writing(

@@ -130,7 +130,10 @@ class RunStore:
         path = self.part_path(index, kind)
         tmp = path.with_name(path.name + ".tmp")
         try:
-            pq.write_table(table, tmp)
+            # Our own file object: pyarrow keeps a path it opened itself open after a failed
+            # write (disk full), which would hold the space and the file system.
+            with open(tmp, "wb") as sink:
+                pq.write_table(table, sink)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
