@@ -21,22 +21,12 @@ import torch
 
 from geobimors.labels import Label
 from geobimors.models.clip import load_model
+from geobimors.models.mini.train import PLAIN_CLASS_NAMES
 from geobimors.models.text import PromptTextEncoder
 
 from common import ROOT, machine
 
-CLASSES = [
-    "annual crop land",
-    "forest",
-    "herbaceous vegetation",
-    "highway",
-    "industrial buildings",
-    "pasture land",
-    "permanent crop land",
-    "residential buildings",
-    "river",
-    "sea or lake",
-]
+CLASSES = list(PLAIN_CLASS_NAMES.values())  # the ten EuroSAT class names
 
 
 def official_loop(encoder: PromptTextEncoder, prompts, context: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ from geobimors.heads.zero_shot import ZeroShotHead
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import load_model
-from geobimors.models.mini.train import HELD_OUT_PARAPHRASES
+from geobimors.models.mini.train import HELD_OUT_PARAPHRASES, PLAIN_CLASS_NAMES
 from geobimors.train.api import load_training_data
 from geobimors.train.data import load_image_folder
 from geobimors.train.evaluate import evaluate, evaluate_base_to_new
@@ -34,18 +34,7 @@ from geobimors.train.loop import TrainSettings, train_head
 from common import ROOT, machine
 
 EUROSAT = ROOT.parent / "shared" / "data" / "eurosat_rgb"
-PLAIN = {
-    "AnnualCrop": "annual crop land",
-    "Forest": "forest",
-    "HerbaceousVegetation": "herbaceous vegetation",
-    "Highway": "highway",
-    "Industrial": "industrial buildings",
-    "Pasture": "pasture land",
-    "PermanentCrop": "permanent crop land",
-    "Residential": "residential buildings",
-    "River": "river",
-    "SeaLake": "sea or lake",
-}
+PLAIN = PLAIN_CLASS_NAMES
 
 
 def main() -> None:

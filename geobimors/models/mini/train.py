@@ -49,6 +49,8 @@ TRAIN_SYNONYMS: dict[str, list[str]] = {
     "River": ["river", "a river", "stream", "river channel", "waterway"],
     "SeaLake": ["sea or lake", "sea", "lake", "open water", "body of water"],
 }
+# Class folder -> the plain class name that evaluations and the examples use.
+PLAIN_CLASS_NAMES: dict[str, str] = {folder: names[0] for folder, names in TRAIN_SYNONYMS.items()}
 # Never used in training: label phrasings to test generalisation to new wording.
 HELD_OUT_PARAPHRASES: dict[str, str] = {
     "AnnualCrop": "agricultural fields",
