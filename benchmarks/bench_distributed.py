@@ -40,7 +40,7 @@ def warm(executor: DistributedExecutor, plan) -> None:  # type: ignore[no-untype
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "distributed.json")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     scene = make_mosaic(DATA / "mosaic-20k.tif")
     labels = tuple(read_labels(ROOT / "sample_data" / "labels.txt"))
