@@ -21,7 +21,7 @@ import torch
 
 from geobimors.labels import Label
 from geobimors.models.clip import load_model
-from geobimors.models.mini.train import PLAIN_CLASS_NAMES
+from geobimors.models.mini.classes import PLAIN_CLASS_NAMES
 from geobimors.models.text import PromptTextEncoder
 
 from common import ROOT, machine

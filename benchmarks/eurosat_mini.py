@@ -25,7 +25,7 @@ from geobimors.heads.zero_shot import ZeroShotHead
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import load_model
-from geobimors.models.mini.train import HELD_OUT_PARAPHRASES, PLAIN_CLASS_NAMES
+from geobimors.models.mini.classes import HELD_OUT_PARAPHRASES, PLAIN_CLASS_NAMES
 from geobimors.train.api import load_training_data
 from geobimors.train.data import load_image_folder
 from geobimors.train.evaluate import evaluate, evaluate_base_to_new

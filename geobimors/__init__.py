@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from geobimors import accessor as _accessor  # noqa: F401  (registers .geobimors on xarray objects)
+from geobimors._version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

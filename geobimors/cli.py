@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from geobimors import __version__
+from geobimors._version import __version__
 from geobimors.errors import GeobimorsError, GeobimorsWarning, InputError
 
 F = TypeVar("F", bound=Callable[..., Any])

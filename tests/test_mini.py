@@ -14,7 +14,7 @@ from geobimors.heads.zero_shot import ZeroShotHead
 from geobimors.labels import Label, read_labels
 from geobimors.models import mini
 from geobimors.models.clip import load_model
-from geobimors.models.mini.train import PLAIN_CLASS_NAMES
+from geobimors.models.mini.classes import PLAIN_CLASS_NAMES
 from geobimors.run.plan import MapSettings, plan_map
 from geobimors.train.data import load_image_folder
 

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from geobimors import __version__
+from geobimors._version import __version__
 from geobimors.errors import ModelError
 from geobimors.heads.base import Head
 from geobimors.labels import Label

@@ -1,16 +1,21 @@
-"""Models that ship inside the package and work offline."""
+"""Models that ship inside the package and work offline.
+
+The registry below only names them: a bundled model's code (and torch, open_clip)
+is imported when it is loaded, so that listing or resolving a model name stays cheap
+and the model modules need not import this one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import torch
 
 from geobimors.errors import ModelError
 
 if TYPE_CHECKING:
+    import torch
+
     from geobimors.models.clip import ClipModel
 
 
@@ -20,21 +25,28 @@ class BundledModel:
 
     Attributes:
         name: the ``--model`` name.
-        loader: builds the model: ``loader(device, precision)``.
+        loader: ``module:function`` that builds the model: ``function(device, precision)``.
         chip_size: chip edge in pixels at ``gsd`` that the model expects.
         gsd: native ground resolution in metres per pixel.
         description: one line for listings.
     """
 
     name: str
-    loader: Callable[[torch.device, str], ClipModel]
+    loader: str
     chip_size: int
     gsd: float
     description: str
 
 
-# Filled by the modules of the bundled models when they are imported.
-BUNDLED_MODELS: dict[str, BundledModel] = {}
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    "mini": BundledModel(
+        name="mini",
+        loader="geobimors.models.mini:load_mini",
+        chip_size=64,
+        gsd=10.0,
+        description="geobimors-mini: ResNet-10-T image tower trained on EuroSAT RGB (10 m), frozen MiniLM-L6 text",
+    ),
+}
 
 
 def register(model: BundledModel) -> None:
@@ -51,14 +63,13 @@ def _get(name: str) -> BundledModel:
 
 def load_bundled(name: str, device: torch.device, precision: str) -> ClipModel:
     """Load a bundled model by name."""
-    return _get(name).loader(device, precision)
+    module_name, _, function = _get(name).loader.partition(":")
+    loader = getattr(importlib.import_module(module_name), function)
+    model: ClipModel = loader(device, precision)
+    return model
 
 
 def declared_geometry(name: str) -> tuple[int, float]:
     """(chip size in px, native GSD in m/px) of a bundled model."""
     model = _get(name)
     return model.chip_size, model.gsd
-
-
-# The bundled models register themselves on import (after the registry above exists).
-from geobimors.models import mini as _mini  # noqa: E402,F401

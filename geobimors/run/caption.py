@@ -11,9 +11,9 @@ from PIL import Image, UnidentifiedImageError
 from geobimors.errors import InputError
 from geobimors.models.captions import Captioner
 from geobimors.progress import Progress
+from geobimors.raster.images import IMAGE_SUFFIXES
 from geobimors.raster.read import ChipReader
 from geobimors.run.plan import MapSettings, plan_reading
-from geobimors.train.data import IMAGE_SUFFIXES
 
 
 def _folder_images(folder: Path) -> list[Path]:

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from geobimors import __version__
+from geobimors._version import __version__
 from geobimors.errors import InputError
 from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from geobimors import __version__
+from geobimors._version import __version__
 from geobimors.errors import InputError, RunError
 from geobimors.run.tasks import BatchResult
 

@@ -18,8 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from geobimors.errors import InputError
 from geobimors.labels import Label, camel_to_words, parse_labels
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+from geobimors.raster.images import IMAGE_SUFFIXES
 
 
 @dataclass

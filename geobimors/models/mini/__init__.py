@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from geobimors.errors import ModelError
-from geobimors.models.bundled import BundledModel, register
 
 MODEL_DIR = Path(__file__).resolve().parent
 CONFIG_PATH = MODEL_DIR / "open_clip_config.json"
@@ -99,13 +98,3 @@ def load_mini(device: torch.device, precision: str) -> Any:
         default_chip_size=int(extra["chip_size"]),
     )
 
-
-register(
-    BundledModel(
-        name="mini",
-        loader=load_mini,
-        chip_size=64,
-        gsd=10.0,
-        description="geobimors-mini: ResNet-10-T image tower trained on EuroSAT RGB (10 m), frozen MiniLM-L6 text",
-    )
-)

@@ -8,8 +8,11 @@ measure how well the model reads new label phrasings.
 
 Reproduce the bundled weights (fixed seed; about 40 minutes on 2 CPU cores)::
 
-    python -m geobimors.models.mini.train ../shared/data/eurosat_rgb \\
+    .venv/bin/python training/train_mini.py ../shared/data/eurosat_rgb \\
         --out geobimors/models/mini/mini.safetensors --log docs/mini-training-log.json
+
+This script is not part of the installed package: the package keeps what users run
+(the model, its config and weights, and the class names in ``geobimors.models.mini.classes``).
 """
 
 from __future__ import annotations
@@ -27,43 +30,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
+from geobimors.heads.zero_shot import ZeroShotHead
+from geobimors.labels import Label
+from geobimors.models.clip import ClipModel
+from geobimors.models.mini import build_mini, trainable_state_dict
+from geobimors.models.mini.classes import HELD_OUT_PARAPHRASES, TRAIN_SYNONYMS
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 
-# Class folder -> training phrasings (the first is the plain class name used for evaluation).
-TRAIN_SYNONYMS: dict[str, list[str]] = {
-    "AnnualCrop": ["annual crop land", "annual crops", "cropland", "arable land", "cultivated fields", "crop fields"],
-    "Forest": ["forest", "dense forest", "trees", "forested land", "tree cover"],
-    "HerbaceousVegetation": [
-        "herbaceous vegetation",
-        "natural grassland",
-        "shrubs and herbs",
-        "wild vegetation",
-        "herbaceous plants",
-    ],
-    "Highway": ["highway", "road", "a major road", "expressway", "freeway"],
-    "Industrial": ["industrial buildings", "industrial area", "factories", "warehouses", "industrial zone"],
-    "Pasture": ["pasture land", "pasture", "grazing land", "meadow for livestock", "grassland for grazing"],
-    "PermanentCrop": ["permanent crop land", "permanent crops", "orchards", "vineyards", "plantation"],
-    "Residential": ["residential buildings", "residential area", "houses", "housing", "a town"],
-    "River": ["river", "a river", "stream", "river channel", "waterway"],
-    "SeaLake": ["sea or lake", "sea", "lake", "open water", "body of water"],
-}
-# Class folder -> the plain class name that evaluations and the examples use.
-PLAIN_CLASS_NAMES: dict[str, str] = {folder: names[0] for folder, names in TRAIN_SYNONYMS.items()}
-# Never used in training: label phrasings to test generalisation to new wording.
-HELD_OUT_PARAPHRASES: dict[str, str] = {
-    "AnnualCrop": "agricultural fields",
-    "Forest": "woodland",
-    "HerbaceousVegetation": "scrubland",
-    "Highway": "motorway",
-    "Industrial": "manufacturing site",
-    "Pasture": "rangeland",
-    "PermanentCrop": "olive groves",
-    "Residential": "suburban neighbourhood",
-    "River": "watercourse",
-    "SeaLake": "ocean",
-}
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "{}.",
     "a photo of {}.",
@@ -146,17 +121,94 @@ def caption_bank(model: Any, tokenizer: Any, classes: list[str]) -> list[torch.T
 
 
 @torch.no_grad()
-def zero_shot_accuracy(clip: object, images: torch.Tensor, targets: torch.Tensor, prompts: list[str]) -> float:
+def zero_shot_accuracy(clip: ClipModel, images: torch.Tensor, targets: torch.Tensor, prompts: list[str]) -> float:
     """Top-1 accuracy of zero-shot classification with geobimors' templates (as ``geobimors map`` does)."""
-    from geobimors.heads.zero_shot import ZeroShotHead
-    from geobimors.labels import Label
-
-    head = ZeroShotHead(clip, [Label(p, p) for p in prompts])  # type: ignore[arg-type]
+    head = ZeroShotHead(clip, [Label(p, p) for p in prompts])
     correct = 0
     for start in range(0, len(images), 256):
-        x = clip.preprocess(images[start : start + 256])  # type: ignore[attr-defined]
+        x = clip.preprocess(images[start : start + 256])
         correct += int((head.logits(x).argmax(1) == targets[start : start + 256]).sum())
     return correct / len(images)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> LRScheduler:
+    """Linear warm-up over ``warmup_steps`` (from 1/warmup of the rate), then cosine decay to zero."""
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0, total_iters=max(1, warmup_steps - 1))
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def make_optimizer(
+    model: Any, lr: float, weight_decay: float, train_text_projection: bool, initial_logit_scale: float
+) -> torch.optim.Optimizer:
+    """Unfreeze the image tower and temperature (and the text projection), and return their SGD optimizer."""
+    model.visual.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
+    model.visual.requires_grad_(True)
+    model.logit_scale.requires_grad_(True)
+    projection = model.text.proj
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(initial_logit_scale))
+        # The text projection starts as the identity: MiniLM's own sentence space.
+        projection.weight.copy_(torch.eye(projection.weight.shape[0], projection.weight.shape[1]))
+    projection.requires_grad_(train_text_projection)
+    groups: list[dict[str, Any]] = [
+        {"params": list(model.visual.parameters())},
+        {"params": [model.logit_scale], "weight_decay": 0.0},
+    ]
+    if train_text_projection:
+        # A slow, decay-free projection: it may sharpen class directions without leaving MiniLM's space.
+        groups.append({"params": list(projection.parameters()), "lr": lr * 0.1, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def contrastive_loss(
+    model: Any,
+    clip: ClipModel,
+    bank: list[torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    captions_per_target: int,
+) -> torch.Tensor:
+    """Cross-entropy of augmented images against one random caption target per (image, class)."""
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    x = clip.normalize(augment(x, generator)).contiguous(memory_format=torch.channels_last)
+    # Positives and negatives vary every step: each target is the mean of random captions of its class.
+    picks = [torch.randint(0, len(c), (len(images), captions_per_target), generator=generator) for c in bank]
+    pooled = torch.stack([captions[pick].mean(1) for captions, pick in zip(bank, picks)], dim=1)  # (B, C, D)
+    texts = F.normalize(model.text.proj(pooled), dim=-1)
+    features = F.normalize(model.encode_image(x), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=100) * torch.einsum("bd,bcd->bc", features, texts)
+    return F.cross_entropy(logits, targets)
+
+
+def train_epoch(
+    model: Any,
+    clip: ClipModel,
+    bank: list[torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    batch_size: int,
+    generator: torch.Generator,
+    captions_per_target: int,
+) -> float:
+    """One pass over the training images in a random order; returns the mean loss."""
+    images, targets = data
+    model.train()
+    model.text.eval()  # frozen tower: no dropout
+    order = torch.randperm(len(images), generator=generator)
+    losses = []
+    for step in range(len(images) // batch_size):
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        loss = contrastive_loss(model, clip, bank, images[idx], targets[idx], generator, captions_per_target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+    model.eval()
+    return float(np.mean(losses))
 
 
 def train(
@@ -174,9 +226,6 @@ def train(
     initial_logit_scale: float = 30.0,
 ) -> dict[str, object]:
     """Train the image tower and save the bundled weights (safetensors)."""
-    from geobimors.models.clip import ClipModel
-    from geobimors.models.mini import build_mini, trainable_state_dict
-
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -186,78 +235,34 @@ def train(
     clip = ClipModel("mini", model, tokenizer, torch.device("cpu"), "fp32")
     train_images, train_targets, classes = load_image_folder(data / "train", limit_per_class)
     val_images, val_targets, val_classes = load_image_folder(data / "val", limit_per_class)
-    assert classes == val_classes == sorted(TRAIN_SYNONYMS), classes
+    if not classes == val_classes == sorted(TRAIN_SYNONYMS):
+        raise SystemExit(f"{data}: train/ and val/ must hold the EuroSAT class folders {sorted(TRAIN_SYNONYMS)}")
     bank = caption_bank(model, tokenizer, classes)
-    plain = [TRAIN_SYNONYMS[c][0] for c in classes]
-    paraphrases = [HELD_OUT_PARAPHRASES[c] for c in classes]
+    prompts = {
+        "val_zero_shot_plain": [TRAIN_SYNONYMS[c][0] for c in classes],
+        "val_zero_shot_paraphrase": [HELD_OUT_PARAPHRASES[c] for c in classes],
+    }
 
-    model.visual.to(memory_format=torch.channels_last)  # about 1.5x faster convolutions on CPU
-    model.visual.requires_grad_(True)
-    model.logit_scale.requires_grad_(True)
-    projection = model.text.proj
-    with torch.no_grad():
-        model.logit_scale.fill_(math.log(initial_logit_scale))
-        # The text projection starts as the identity: MiniLM's own sentence space.
-        projection.weight.copy_(torch.eye(projection.weight.shape[0], projection.weight.shape[1]))
-    projection.requires_grad_(train_text_projection)
-    groups: list[dict[str, Any]] = [
-        {"params": list(model.visual.parameters())},
-        {"params": [model.logit_scale], "weight_decay": 0.0},
-    ]
-    if train_text_projection:
-        # A slow, decay-free projection: it may sharpen class directions without leaving MiniLM's space.
-        groups.append({"params": list(projection.parameters()), "lr": lr * 0.1, "weight_decay": 0.0})
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    optimizer = make_optimizer(model, lr, weight_decay, train_text_projection, initial_logit_scale)
     steps_per_epoch = len(train_images) // batch_size
-    total = epochs * steps_per_epoch
-    warmup = steps_per_epoch
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, warmup_steps=steps_per_epoch, total_steps=epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     start = time.time()
     for epoch in range(epochs):
-        model.train()
-        model.text.eval()  # frozen tower: no dropout
-        order = torch.randperm(len(train_images), generator=generator)
-        losses = []
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x = train_images[idx].permute(0, 3, 1, 2).float() / 255.0
-            x = clip.normalize(augment(x, generator)).contiguous(memory_format=torch.channels_last)
-            y = train_targets[idx]
-            # One random caption per (image, class): positives and negatives vary every step.
-            pooled = torch.stack(
-                [
-                    bank[c][torch.randint(0, len(bank[c]), (len(idx), captions_per_target), generator=generator)].mean(
-                        1
-                    )
-                    for c in range(len(classes))
-                ],
-                dim=1,
-            )  # (B, C, D)
-            texts = F.normalize(projection(pooled), dim=-1)
-            features = F.normalize(model.encode_image(x), dim=-1)
-            logits = model.logit_scale.exp().clamp(max=100) * torch.einsum("bd,bcd->bc", features, texts)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        model.eval()
-        record = {
-            "epoch": epoch + 1,
-            "loss": float(np.mean(losses)),
-            "val_zero_shot_plain": zero_shot_accuracy(clip, val_images, val_targets, plain),
-            "val_zero_shot_paraphrase": zero_shot_accuracy(clip, val_images, val_targets, paraphrases),
-            "logit_scale": float(model.logit_scale.detach().exp()),
-            "elapsed_s": round(time.time() - start, 1),
-        }
+        loss = train_epoch(
+            model,
+            clip,
+            bank,
+            (train_images, train_targets),
+            optimizer,
+            scheduler,
+            batch_size,
+            generator,
+            captions_per_target,
+        )
+        record = {"epoch": epoch + 1, "loss": loss}
+        record |= {key: zero_shot_accuracy(clip, val_images, val_targets, p) for key, p in prompts.items()}
+        record |= {"logit_scale": float(model.logit_scale.detach().exp()), "elapsed_s": round(time.time() - start, 1)}
         history.append(record)
         print(json.dumps(record), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+"""The bundled model's training script (training/train_mini.py), kept outside the runtime package."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "training" / "train_mini.py"
+EUROSAT = ROOT.parent / "shared" / "data" / "eurosat_rgb"
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_mini", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(5, 50), (1, 10), (3, 7)])
+def test_warmup_cosine_schedule(warmup: int, total: int) -> None:
+    """Linear warm-up to the peak over `warmup` steps, then a cosine that reaches zero at the end."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    scheduler = _script().warmup_cosine(optimizer, warmup, total)
+    rates = []
+    for _ in range(total + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.1 / warmup)
+    assert rates[warmup - 1] == pytest.approx(0.1)  # peak at the end of the warm-up
+    assert rates[warmup] == pytest.approx(0.1)  # the cosine starts at the peak
+    middle = warmup + (total - warmup) / 2
+    if middle.is_integer():
+        assert rates[int(middle)] == pytest.approx(0.05)
+    assert rates[total] == pytest.approx(0.0, abs=1e-12)
+    assert all(a <= b + 1e-12 for a, b in itertools.pairwise(rates[:warmup]))  # warm-up rises
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(rates[warmup:]))  # decay falls
+    steps = range(warmup, total)
+    expected = [0.05 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup))) for s in steps]
+    assert [rates[s] for s in steps] == pytest.approx(expected)
+
+
+def test_training_script_is_not_in_the_package() -> None:
+    assert importlib.util.find_spec("geobimors.models.mini.train") is None
+    from geobimors.models.mini.classes import PLAIN_CLASS_NAMES
+
+    assert len(PLAIN_CLASS_NAMES) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not EUROSAT.is_dir(), reason="needs the EuroSAT data in ../shared/data")
+def test_training_script_writes_loadable_weights(tmp_path: Path) -> None:
+    """A tiny run (one image per class) writes weights that the bundled model's loader accepts."""
+    from safetensors.torch import load_file
+
+    from geobimors.models.mini import build_mini
+
+    out, log = tmp_path / "w.safetensors", tmp_path / "log.json"
+    command = [sys.executable, str(SCRIPT), str(EUROSAT), "--out", str(out), "--log", str(log)]
+    command += ["--epochs", "1", "--batch-size", "10", "--limit-per-class", "1"]
+    subprocess.run(command, check=True, cwd=ROOT, capture_output=True, timeout=600)
+    model, _, _ = build_mini(load_text_weights=False)
+    missing, unexpected = model.load_state_dict(load_file(str(out)), strict=False)
+    assert not unexpected
+    assert all(key.startswith("text.transformer.") for key in missing)
+    assert '"history"' in log.read_text()
