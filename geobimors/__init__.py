@@ -35,6 +35,7 @@ __all__ = [
     "__version__",
     "classify",
     "evaluate",
+    "evaluate_retrieval",
     "load_head",
     "load_model",
     "map_scene",
@@ -152,6 +153,17 @@ def evaluate(data: str | Path, **options: Any) -> dict[str, Any]:
     report = evaluate_data(data, **options)
     report.pop("_evaluation", None)
     return report
+
+
+def evaluate_retrieval(captions: str | Path, **options: Any) -> dict[str, Any]:
+    """Image-text retrieval R@1/5/10 and mR on a caption set (see :func:`geobimors.train.retrieval.evaluate_retrieval`).
+
+    Example:
+        >>> geobimors.evaluate_retrieval("ucm_captions.jsonl", model="mini", split="test")["mR"]
+    """
+    from geobimors.train.retrieval import evaluate_retrieval as _evaluate
+
+    return _evaluate(captions, **options)
 
 
 def read_labels(path: str | Path) -> list[Label]:

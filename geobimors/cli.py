@@ -535,6 +535,22 @@ def train_command(
     show_default=True,
     help="All classes together, or base (first half of sorted classes) and new (second half).",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["auto", "classification", "retrieval"]),
+    default="auto",
+    show_default=True,
+    help="classification (ImageFolder tree) or image-text retrieval (a .jsonl caption file or a Karpathy-style "
+    "dataset.json: R@1/5/10 both ways and mR). auto: retrieval for a .json/.jsonl file.",
+)
+@click.option("--split", default="test", show_default=True, help="Retrieval: the split of the caption file to use.")
+@click.option(
+    "--images",
+    "images_root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Retrieval: folder the caption file's image paths are relative to [default: the file's folder].",
+)
 @click.option("--limit-per-class", type=int, default=None, help="Evaluate at most N images per class.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit-per-class sampling.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -549,6 +565,9 @@ def evaluate_command(
     zero_shot: bool,
     labels_path: Path | None,
     protocol: str,
+    task: str,
+    split: str,
+    images_root: Path | None,
     limit_per_class: int | None,
     seed: int,
     batch_size: int,
@@ -559,15 +578,29 @@ def evaluate_command(
     quiet: bool,
     debug: bool,
 ) -> None:
-    """Accuracy of a head or of zero-shot CLIP on an ImageFolder tree (per class, confusion, base-to-new).
+    """Accuracy of a head or of zero-shot CLIP on an ImageFolder tree, or image-text retrieval on a caption set.
 
     A head evaluated on another dataset's classes classifies among those classes
     (cross-dataset evaluation): prompt learners generalise to new class names.
+
+    Retrieval (DATA a .jsonl caption file or a dataset.json) follows the protocol of the
+    remote-sensing retrieval papers: each test image ranks all test captions (a hit when
+    any of its captions is in the top k), each caption ranks all test images.
+
+    \b
+    Examples:
+      geobimors evaluate ../shared/data/eurosat_rgb --protocol base-to-new
+      geobimors evaluate ucm_captions.jsonl --task retrieval --split test
     """
     from geobimors.train.api import evaluate_data
 
     if zero_shot and head_path is not None:
         raise InputError("--zero-shot and --head exclude each other")
+    if task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl")):
+        if head_path is not None:
+            raise InputError("--task retrieval evaluates a CLIP model (--model); heads classify, drop --head")
+        _evaluate_retrieval(data, model or "mini", split, images_root, device, precision, batch_size, json_path, quiet)
+        return
     report = evaluate_data(
         data,
         model=model,
@@ -582,9 +615,7 @@ def evaluate_command(
     )
     evaluation = report.pop("_evaluation")
     if json_path is not None:
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(json_path)
+        _write_json_report(report, json_path)
     if confusion is not None:
         evaluation.write_confusion_csv(confusion)
     if not quiet:
@@ -595,6 +626,39 @@ def evaluate_command(
         if "base_to_new" in report:
             b2n = report["base_to_new"]
             click.echo(f"base {b2n['base']:.4f}  new {b2n['new']:.4f}  harmonic mean {b2n['harmonic_mean']:.4f}")
+
+
+def _write_json_report(report: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _evaluate_retrieval(
+    data: Path,
+    model: str,
+    split: str,
+    images_root: Path | None,
+    device: str,
+    precision: str,
+    batch_size: int,
+    json_path: Path | None,
+    quiet: bool,
+) -> None:
+    from geobimors.train.retrieval import RECALL_KS, evaluate_retrieval
+
+    report = evaluate_retrieval(data, model, split, images_root, device, precision, batch_size)
+    if json_path is not None:
+        _write_json_report(report, json_path)
+    if not quiet:
+        click.echo(
+            f"image-text retrieval: {report['n_images']} images, {report['n_captions']} captions "
+            f"({split} split of {data.name}, {model})"
+        )
+        for way, name in (("i2t", "image->text"), ("t2i", "text->image")):
+            recalls = "  ".join(f"R@{k} {report[f'{way}_R@{k}']:5.1f}" for k in RECALL_KS)
+            click.echo(f"  {name}  {recalls}")
+        click.echo(f"mR {report['mR']:.2f}")
 
 
 def _default_output(scene: str) -> str:

@@ -86,7 +86,8 @@ def folder_labels(root: Path, labels_file: str | os.PathLike[str] | None = None)
     return folders, [Label(camel_to_words(f), given[f].prompt) for f in folders]
 
 
-def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+def read_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB, resized to ``size`` (width, height) when given."""
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
@@ -132,9 +133,9 @@ def load_image_folder(
             files = [files[i] for i in sorted(rng.choice(len(files), size=shots, replace=False))]
         paths += files
         targets += [index] * len(files)
-    first = _read_image(paths[0], None)
+    first = read_rgb(paths[0], None)
     size = (first.shape[1], first.shape[0])
-    images = np.stack([first] + [_read_image(p, size) for p in paths[1:]])
+    images = np.stack([first] + [read_rgb(p, size) for p in paths[1:]])
     return LabelledImages(images, np.array(targets, dtype=np.int64), labels, [str(p) for p in paths])
 
 
