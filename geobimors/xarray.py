@@ -35,7 +35,13 @@ from geobimors.labels import Label, labels_from_names
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 from geobimors.raster.grid import ChipGrid, GridSpec, build_grid
 from geobimors.raster.read import ArrayChipReader, ReadSpec
-from geobimors.raster.scaling import ScaleRange, needs_scaling, parse_scale_range
+from geobimors.raster.scaling import (
+    ScaleRange,
+    check_percentiles,
+    needs_scaling,
+    parse_scale_range,
+    percentile_range,
+)
 from geobimors.raster.scene import SceneInfo, select_bands
 from geobimors.run.plan import DEFAULT_MODEL, model_defaults
 from geobimors.run.store import label_columns
@@ -83,16 +89,8 @@ def _scale_range(
     valid = np.all(np.isfinite(sample), axis=0)
     if nodata is not None:
         valid &= np.all(sample != nodata, axis=0)
-    ranges = {}
-    for i, band in enumerate(unique):
-        band_values = sample[i][valid]
-        lo, hi = np.percentile(band_values, percentiles) if band_values.size else (0.0, 1.0)
-        ranges[band] = (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
-    return ScaleRange(
-        tuple(ranges[b][0] for b in bands),  # type: ignore[arg-type]
-        tuple(ranges[b][1] for b in bands),  # type: ignore[arg-type]
-        f"percentiles {percentiles[0]:g}-{percentiles[1]:g} of a sample of the array",
-    )
+    samples = {band: sample[i][valid] for i, band in enumerate(unique)}
+    return percentile_range(samples, bands, percentiles, "a sample of the array", "<DataArray>")
 
 
 def _classify_row(
@@ -129,7 +127,7 @@ def classify(
     precision: str = "fp32",
     head: str | None = None,
     templates: Sequence[str] = REMOTE_SENSING_TEMPLATES,
-    progress: bool = True,
+    progress: bool = False,
 ) -> xr.Dataset:
     """Classify every chip of a (band, y, x) DataArray.
 
@@ -155,23 +153,12 @@ def classify(
         precision: ``fp32``, ``bf16`` or ``fp16``.
         head: trained head checkpoint.
         templates: prompt templates for zero-shot classification.
-        progress: show a progress bar when computing in-memory input.
+        progress: show a progress bar (tqdm.auto: a widget in notebooks) when computing in-memory input.
 
     Returns:
         The Dataset described in the module docs.
     """
-    if head is not None:
-        from geobimors.heads.checkpoint import checkpoint_labels, read_metadata
-
-        metadata = read_metadata(head)
-        model = model or str(metadata["clip_model"])
-        labels = labels or checkpoint_labels(metadata)
-    model = model or DEFAULT_MODEL
-    label_list: list[Label] = (
-        [lb for lb in labels if isinstance(lb, Label)]
-        if all(isinstance(lb, Label) for lb in labels)
-        else labels_from_names([str(lb) for lb in labels])
-    )
+    model, label_list = _model_and_labels(model, labels, head)
     info = _scene_info(data)
     if info.crs is None:
         raise InputError("the DataArray has no CRS (.rio.crs); write one with .rio.write_crs('EPSG:XXXX')")
@@ -181,38 +168,64 @@ def classify(
     values = data.data if data.ndim == 3 else data.data[None]
     nodata = nodata if nodata is not None else info.nodata
     read = ReadSpec(info.path, grid, selection.indexes, None, nodata, min_valid)
-    spec = ClassifierSpec(
-        model,
-        tuple(label_list),
-        device,
-        precision,
-        tuple(templates),
-        head=head,
-    )
-    scale: Any = None
+    spec = ClassifierSpec(model, tuple(label_list), device, precision, tuple(templates), head=head)
+    scale = _lazy_scale_range(values, info, selection.indexes, scale_range, percentiles, nodata)
+    stacked = _lazy_rows(values, grid, scale, read, spec)
+    dataset = _dataset(stacked, grid, [lb.name for lb in label_list], spec)
+    if isinstance(values, dsa.Array):
+        return dataset
+    return _compute(dataset, progress)
+
+
+def _model_and_labels(model: str | None, labels: Sequence[str | Label], head: str | None) -> tuple[str, list[Label]]:
+    """The model and labels to classify with: given, else the head's, else the default model."""
+    if head is not None:
+        from geobimors.heads.checkpoint import checkpoint_labels, read_metadata
+
+        metadata = read_metadata(head)
+        model = model or str(metadata["clip_model"])
+        labels = labels or checkpoint_labels(metadata)
+    if all(isinstance(lb, Label) for lb in labels):
+        return model or DEFAULT_MODEL, [lb for lb in labels if isinstance(lb, Label)]
+    return model or DEFAULT_MODEL, labels_from_names([str(lb) for lb in labels])
+
+
+def _lazy_scale_range(
+    values: Any,
+    info: SceneInfo,
+    bands: tuple[int, int, int],
+    scale_range: str | Sequence[float] | None,
+    percentiles: tuple[float, float],
+    nodata: float | None,
+) -> Any:
+    """The 8-bit scaling: a given range, a delayed percentile range (non-8-bit data), or ``None``."""
     if scale_range is not None:
         low, high = parse_scale_range(scale_range)
-        scale = ScaleRange(low, high, "given")  # type: ignore[arg-type]
-    elif needs_scaling(info.dtype):
-        scale = dask.delayed(_scale_range, pure=True)(values, selection.indexes, percentiles, nodata)
-    n_classes = len(label_list)
+        return ScaleRange(low, high, "given")  # type: ignore[arg-type]
+    if needs_scaling(info.dtype):
+        check_percentiles(percentiles)
+        return dask.delayed(_scale_range, pure=True)(values, bands, percentiles, nodata)
+    return None
+
+
+def _lazy_rows(values: Any, grid: ChipGrid, scale: Any, read: ReadSpec, spec: ClassifierSpec) -> dsa.Array:
+    """One delayed task per row of chips, reading only its rows of the scene: (rows, cols, C + 1)."""
     rows = []
     for row in range(grid.n_rows):
         y0 = row * grid.stride_y
         block = values[:, y0 : min(y0 + grid.chip_height, grid.height), :]
         task = dask.delayed(_classify_row, pure=True)(block, scale, read, spec, row, y0)
-        rows.append(dsa.from_delayed(task, shape=(grid.n_cols, n_classes + 1), dtype=np.float32))
-    stacked = dsa.stack(rows)  # (rows, cols, C + 1)
-    dataset = _dataset(stacked, grid, [lb.name for lb in label_list], spec)
-    if not isinstance(values, dsa.Array):
-        if progress:
-            from tqdm.dask import TqdmCallback
+        rows.append(dsa.from_delayed(task, shape=(grid.n_cols, len(spec.labels) + 1), dtype=np.float32))
+    return dsa.stack(rows)
 
-            with TqdmCallback(desc="chip rows", tqdm_class=_auto_tqdm()):
-                dataset = dataset.compute()
-        else:
-            dataset = dataset.compute()
-    return dataset
+
+def _compute(dataset: xr.Dataset, progress: bool) -> xr.Dataset:
+    if not progress:
+        return dataset.compute()
+    from tqdm.dask import TqdmCallback
+
+    with TqdmCallback(desc="chip rows", tqdm_class=_auto_tqdm()):
+        return dataset.compute()
 
 
 def _auto_tqdm() -> Any:

@@ -96,3 +96,21 @@ def test_bad_arrays(tiny_model: str, tmp_path: Path) -> None:
         rioxarray.open_rasterio(scene).geobimors.classify(LABELS, model=tiny_model, chip_size=16)
     with pytest.raises(InputError, match="band, y, x"):
         geobimors.classify(xr.DataArray(np.zeros((2, 2, 2, 2))), LABELS, model=tiny_model)
+
+
+def test_scaling_matches_the_scene_pipeline(tmp_path: Path) -> None:
+    """The array path scales 16-bit data with the same percentile range as `geobimors map` (one implementation)."""
+    from geobimors.raster.scaling import scene_scale_range
+    from geobimors.raster.scene import open_scene
+    from geobimors.xarray import _scale_range
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 4000, (3, 40, 48)).astype(np.uint16)
+    data[:, :5] = 0
+    scene = make_geotiff(tmp_path / "u16.tif", data, nodata=0)
+    expected = scene_scale_range(open_scene(str(scene)), (3, 2, 1), (5.0, 95.0))
+    got = _scale_range(rioxarray.open_rasterio(scene).values, (3, 2, 1), (5.0, 95.0), 0.0)
+    assert expected is not None
+    assert got.low == pytest.approx(expected.low)
+    assert got.high == pytest.approx(expected.high)
+    assert got.low != got.high

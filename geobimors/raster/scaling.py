@@ -9,7 +9,7 @@ and applies it to every chip.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,15 +107,40 @@ def scene_scale_range(
         return ScaleRange(low, high, "given with --scale-range")  # type: ignore[arg-type]
     if not needs_scaling(info.dtype):
         return None
+    check_percentiles(percentiles)
+    samples, source = _sample_pixels(info, sorted(set(bands)), nodata)
+    return percentile_range(samples, bands, percentiles, source, info.name)
+
+
+def check_percentiles(percentiles: tuple[float, float]) -> None:
+    """Raise :class:`InputError` unless ``0 <= LOW < HIGH <= 100``."""
     lo_p, hi_p = percentiles
     if not (0 <= lo_p < hi_p <= 100):
         raise InputError(f"--percentiles {lo_p},{hi_p}: need 0 <= LOW < HIGH <= 100")
-    unique = sorted(set(bands))
-    samples, source = _sample_pixels(info, unique, nodata)
+
+
+def percentile_range(
+    samples: Mapping[int, np.ndarray],
+    bands: tuple[int, int, int],
+    percentiles: tuple[float, float],
+    source: str,
+    scene_name: str,
+) -> ScaleRange:
+    """The range between two percentiles of each band's valid sample values.
+
+    Args:
+        samples: valid pixel values per band index (every band of ``bands``).
+        bands: the selected band indexes (R, G, B).
+        percentiles: the low and high percentiles mapped to 0 and 255.
+        source: what was sampled, for summaries (``overviews``, ``64 sampled windows``...).
+        scene_name: the scene, for the warning about a band without valid pixels.
+    """
+    lo_p, hi_p = percentiles
     per_band: dict[int, tuple[float, float]] = {}
-    for band, values in samples.items():
+    for band in sorted(set(bands)):
+        values = samples[band]
         if values.size == 0:
-            warn(f"scene {info.name} band {band}: no valid pixels in the statistics sample; using 0..1")
+            warn(f"scene {scene_name} band {band}: no valid pixels in the statistics sample; using 0..1")
             per_band[band] = (0.0, 1.0)
             continue
         lo, hi = np.percentile(values, [lo_p, hi_p])
