@@ -21,10 +21,12 @@ class Progress:
         desc: label of the bar.
         initial: chips already done (resumed runs).
         stream: where bars and JSON lines go (stderr by default).
+        unit: what is counted (the bar shows ``unit/s``).
     """
 
     def __init__(
-        self, total: int, mode: str = "bar", desc: str = "chips", initial: int = 0, stream: TextIO | None = None
+        self, total: int, mode: str = "bar", desc: str = "chips", initial: int = 0, stream: TextIO | None = None,
+        unit: str = "chip",
     ) -> None:
         self.total = total
         self.done = initial
@@ -35,7 +37,7 @@ class Progress:
         if mode == "bar":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc=desc, unit="chip", file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
         elif mode == "jsonl":
             self.event("start", desc=desc)
 

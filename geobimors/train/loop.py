@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import ChainedScheduler, ConstantLR, CosineAnnealingLR, LRScheduler
 from torchvision.transforms import v2
 
+from geobimors.errors import InputError
 from geobimors.heads.base import Head
 from geobimors.progress import Progress
 from geobimors.train.data import LabelledImages
@@ -39,8 +41,8 @@ class TrainSettings:
         lr: peak learning rate.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
-        warmup_epochs: epochs at the constant warm-up rate.
-        warmup_lr: warm-up learning rate.
+        warmup_epochs: epochs at the warm-up rate.
+        warmup_lr: warm-up learning rate (at most ``lr``).
         crop_scale: area range of random resized crops.
         seed: seed of sampling, augmentation and initialisation.
     """
@@ -120,50 +122,27 @@ def train_head(
     settings = settings or TrainSettings()
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    clip = head.clip
     head.train()
     params = [p for p in head.parameters() if p.requires_grad]
     result = TrainResult(trainable_parameters=sum(p.numel() for p in params))
-    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    optimizer, scheduler = make_optimizer(params, settings)
     caption_features = None
     if head.uses_captions and captions is not None:
         caption_features = head.encode_captions(captions(train.images))
-    transform = _augment(settings, clip.image_size)
-    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    transform = _augment(settings, head.clip.image_size)
     best_state: dict[str, torch.Tensor] | None = None
     start = time.monotonic()
-    progress = Progress(settings.epochs * steps_per_epoch, progress_mode, desc="training steps")
+    steps = settings.epochs * math.ceil(len(train) / settings.batch_size)
+    progress = Progress(steps, progress_mode, desc="training", unit="step")
     try:
         for epoch in range(settings.epochs):
-            lr = _learning_rate(settings, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            head.train()
+            lr = optimizer.param_groups[0]["lr"]
             order = generator.permutation(len(train))
-            losses, correct = [], 0
-            for step in range(steps_per_epoch):
-                index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-                images = _batch_images(head, train.images[index], transform)
-                targets = torch.from_numpy(train.targets[index]).to(clip.device)
-                features = caption_features[index] if caption_features is not None else None
-                logits = head(images, features).float()
-                loss = F.cross_entropy(logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                correct += int((logits.argmax(1) == targets).sum())
-                progress.update(1)
-            record = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "loss": float(np.mean(losses)),
-                "train_accuracy": correct / len(train),
-            }
+            loss, correct = _train_epoch(head, train, order, optimizer, transform, caption_features, settings, progress)
+            scheduler.step()
+            record = {"epoch": epoch + 1, "lr": lr, "loss": loss, "train_accuracy": correct / len(train)}
             if val is not None:
-                record["val_accuracy"] = evaluate(head, val, captions=captions).accuracy
-                if head.labels != train.labels:  # evaluation re-labels the head with the validation classes
-                    head.set_labels(train.labels)
+                record["val_accuracy"] = _validate(head, train, val, captions)
                 if best_state is None or record["val_accuracy"] > result.best_val_accuracy:
                     result.best_epoch, result.best_val_accuracy = epoch + 1, record["val_accuracy"]
                     best_state = copy.deepcopy(head.state_dict())
@@ -181,8 +160,59 @@ def train_head(
     return result
 
 
-def _learning_rate(settings: TrainSettings, epoch: int) -> float:
-    """Constant warm-up, then cosine decay over the remaining epochs (per epoch, as in Dassl)."""
-    if epoch < settings.warmup_epochs:
-        return settings.warmup_lr
-    return 0.5 * settings.lr * (1 + math.cos(math.pi * epoch / settings.epochs))
+def make_optimizer(
+    params: list[torch.nn.Parameter], settings: TrainSettings
+) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    """SGD with the paper's per-epoch schedule: constant warm-up, then cosine decay (as in Dassl).
+
+    The cosine runs over all epochs (epoch ``e`` gets ``lr * (1 + cos(pi * e / epochs)) / 2``) and
+    the warm-up epochs replace its first values with ``warmup_lr`` (scaled by the cosine after the first).
+
+    Raises:
+        InputError: if ``warmup_lr`` is above ``lr``.
+    """
+    if settings.warmup_lr > settings.lr:
+        raise InputError(f"warmup_lr {settings.warmup_lr:g} is above lr {settings.lr:g}; warm up at a lower rate")
+    optimizer = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    schedulers: list[LRScheduler] = [CosineAnnealingLR(optimizer, T_max=settings.epochs)]
+    if settings.warmup_epochs > 0:
+        warmup = ConstantLR(optimizer, factor=settings.warmup_lr / settings.lr, total_iters=settings.warmup_epochs)
+        schedulers.insert(0, warmup)
+    return optimizer, ChainedScheduler(schedulers, optimizer=optimizer)
+
+
+def _train_epoch(
+    head: Head,
+    train: LabelledImages,
+    order: np.ndarray,
+    optimizer: torch.optim.Optimizer,
+    transform: v2.Compose,
+    caption_features: torch.Tensor | None,
+    settings: TrainSettings,
+    progress: Progress,
+) -> tuple[float, int]:
+    """One pass over the shots in ``order``; returns the mean loss and the number of correct predictions."""
+    head.train()
+    losses, correct = [], 0
+    for start in range(0, len(train), settings.batch_size):
+        index = order[start : start + settings.batch_size]
+        images = _batch_images(head, train.images[index], transform)
+        targets = torch.from_numpy(train.targets[index]).to(head.clip.device)
+        features = caption_features[index] if caption_features is not None else None
+        logits = head(images, features).float()
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        correct += int((logits.argmax(1) == targets).sum())
+        progress.update(1)
+    return float(np.mean(losses)), correct
+
+
+def _validate(head: Head, train: LabelledImages, val: LabelledImages, captions: CaptionFn | None) -> float:
+    """Validation accuracy; the head keeps the training labels."""
+    accuracy = evaluate(head, val, captions=captions).accuracy
+    if head.labels != train.labels:  # evaluation re-labels the head with the validation classes
+        head.set_labels(train.labels)
+    return accuracy
