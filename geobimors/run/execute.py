@@ -1,24 +1,25 @@
-"""Executing tasks with Dask and streaming their outcomes back as they finish.
+"""Executing tasks and streaming their outcomes back as they finish.
 
-The embedded default runs tasks on Dask's threaded scheduler in this process.
-Several tasks run at once, so one task reads its chip windows while another
-runs its forward pass (the classifier lets one forward pass run at a time).
+Both executors keep a bounded number of tasks in flight and hand each outcome back
+as soon as its task finishes, submitting the next task in its place: a slow batch
+(a slow read, a cold cache, a busy worker) holds up only its own slot, never a
+wave of others, and a national-scale run never holds more than a window of tasks.
+Outcomes arrive in completion order with their submission ``index``; callers that
+need the scene order restore it (the run store writes batches by index).
+
+The in-process default runs tasks on a pool of threads, so one task reads its chip
+windows while another runs its forward pass (the classifier lets one forward pass
+run at a time); :class:`DistributedExecutor` does the same on a Dask cluster.
 """
 
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
-
-import dask
-
-
-class Cancelled(Exception):
-    """Raised inside tasks that start after the run was cancelled."""
+from typing import Any, Protocol
 
 
 @dataclass
@@ -38,20 +39,78 @@ class Outcome:
     error: BaseException | None = None
 
 
+class _Future(Protocol):
+    """What streaming needs of a future (``concurrent.futures`` and ``distributed`` futures alike)."""
+
+    def result(self) -> Any: ...
+
+    def cancel(self) -> Any: ...
+
+    def add_done_callback(self, fn: Callable[[Any], Any]) -> None: ...
+
+
+def stream(
+    submit: Callable[[tuple[Any, ...]], _Future],
+    tasks: Iterable[tuple[Any, ...]],
+    in_flight: int,
+    release: Callable[[Any], None] | None = None,
+) -> Iterator[Outcome]:
+    """Run tasks with at most ``in_flight`` submitted at once; yield outcomes as they finish.
+
+    Args:
+        submit: starts one task from its args and returns its future.
+        tasks: args tuples, consumed lazily (one more each time a task finishes).
+        in_flight: tasks submitted and not yet handed back.
+        release: called with each future once its outcome is handed back.
+
+    Closing the iterator early (break, an exception, KeyboardInterrupt) cancels the
+    tasks not yet started; tasks already running finish on their own.
+    """
+    finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    pending: dict[Any, tuple[int, tuple[Any, ...]]] = {}
+    numbered = enumerate(tasks)
+
+    def launch(count: int) -> None:
+        for index, args in islice(numbered, count):
+            future = submit(args)
+            pending[future] = (index, args)
+            future.add_done_callback(finished.put)
+
+    try:
+        launch(max(1, in_flight))
+        while pending:
+            try:
+                future = finished.get(timeout=0.5)  # a timeout keeps Ctrl-C responsive while waiting
+            except queue.Empty:
+                continue
+            index, args = pending.pop(future)
+            launch(1)  # the next task starts before this outcome is handled
+            try:
+                outcome = Outcome(index, args, result=future.result())
+            except Exception as exc:  # the task's own error, reported to the consumer, which decides
+                outcome = Outcome(index, args, error=exc)
+            finally:
+                if release is not None:
+                    release(future)
+            yield outcome
+    finally:
+        for future in pending:
+            future.cancel()
+
+
 class LocalExecutor:
-    """Runs tasks on Dask's threaded scheduler inside this process.
+    """Runs tasks on a pool of threads inside this process, streaming outcomes as they finish.
 
     Args:
         threads: tasks running at once (reads of one overlap compute of another).
-        wave: tasks per Dask graph; graphs are computed one after another so
-            that national-scale runs never build one huge graph.
+        in_flight: tasks submitted ahead per thread (the next task is queued before a thread frees up).
     """
 
-    description = "in-process (Dask threads)"
+    description = "in-process (threads)"
 
-    def __init__(self, threads: int = 2, wave: int = 256) -> None:
+    def __init__(self, threads: int = 2, in_flight: int = 2) -> None:
         self.threads = max(1, threads)
-        self.wave = max(self.threads, wave)
+        self.in_flight = max(1, in_flight)
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]]) -> Iterator[Outcome]:
         """Run ``fn(*args)`` for every args tuple; yield outcomes as they finish.
@@ -59,43 +118,11 @@ class LocalExecutor:
         Closing the iterator early (break, KeyboardInterrupt) cancels tasks not
         yet started and waits for the running ones.
         """
-        outcomes: queue.Queue[Outcome | BaseException | None] = queue.Queue()
-        cancel = threading.Event()
-
-        def call(index: int, args: tuple[Any, ...]) -> None:
-            if cancel.is_set():
-                return
-            try:
-                outcomes.put(Outcome(index, args, result=fn(*args)))
-            except Exception as exc:  # reported to the consumer, which decides
-                outcomes.put(Outcome(index, args, error=exc))
-
-        def drive() -> None:
-            try:
-                numbered = enumerate(tasks)
-                while not cancel.is_set():
-                    wave = list(islice(numbered, self.wave))
-                    if not wave:
-                        break
-                    graph = [dask.delayed(call, pure=False)(i, args) for i, args in wave]
-                    dask.compute(*graph, scheduler="threads", num_workers=self.threads)
-                outcomes.put(None)
-            except BaseException as exc:  # scheduler failure: hand it to the consumer
-                outcomes.put(exc)
-
-        driver = threading.Thread(target=drive, name="geobimors-dask-driver", daemon=True)
-        driver.start()
+        pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="geobimors-task")
         try:
-            while True:
-                item = outcomes.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            yield from stream(lambda args: pool.submit(fn, *args), tasks, self.threads * self.in_flight)
         finally:
-            cancel.set()
-            driver.join()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         """Release resources (nothing to release in-process)."""
@@ -124,6 +151,7 @@ class DistributedExecutor:
         import logging
         import os
 
+        import dask
         from distributed import Client, LocalCluster
 
         from geobimors.errors import InputError
@@ -180,35 +208,12 @@ class DistributedExecutor:
 
     def map(self, fn: Callable[..., Any], tasks: Iterable[tuple[Any, ...]]) -> Iterator[Outcome]:
         """Run ``fn(*args)`` on the cluster; yield outcomes as they finish."""
-        from distributed import as_completed
-
         resources = {"GPU": 1} if self.gpu else None
-        numbered = enumerate(tasks)
-        pending: dict[Any, tuple[int, tuple[Any, ...]]] = {}
 
-        def submit(count: int) -> list[Any]:
-            futures = []
-            for index, args in islice(numbered, count):
-                future = self.client.submit(fn, *args, pure=False, resources=resources, retries=1)
-                pending[future] = (index, args)
-                futures.append(future)
-            return futures
+        def submit(args: tuple[Any, ...]) -> Any:
+            return self.client.submit(fn, *args, pure=False, resources=resources, retries=1)
 
-        stream = as_completed(submit(self._slots()))
-        try:
-            for future in stream:
-                index, args = pending.pop(future)
-                try:
-                    yield Outcome(index, args, result=future.result())
-                except Exception as exc:  # the task's own error, reported to the consumer
-                    yield Outcome(index, args, error=exc)
-                finally:
-                    future.release()
-                for new in submit(1):
-                    stream.add(new)
-        finally:
-            for future in pending:
-                future.cancel()
+        return stream(submit, tasks, self._slots(), release=lambda future: future.release())
 
     def close(self) -> None:
         """Disconnect, and stop the local cluster if this executor started one."""
