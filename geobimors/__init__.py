@@ -68,8 +68,15 @@ def _settings(scene: str, labels: Sequence[str | Label] | str | Path, **options:
     return MapSettings(scene=str(scene), labels=tuple(parsed), **options)
 
 
+def _progress_mode(progress: bool | str) -> str:
+    """``True`` -> a tqdm.auto bar (a widget in Jupyter), ``False`` -> quiet, or a mode by name."""
+    if isinstance(progress, bool):
+        return "bar" if progress else "none"
+    return progress
+
+
 def map_scene(
-    scene: str | Path, labels: Sequence[str | Label] | str | Path = (), progress: str = "bar", **options: Any
+    scene: str | Path, labels: Sequence[str | Label] | str | Path = (), progress: bool | str = False, **options: Any
 ) -> gpd.GeoDataFrame:
     """Classify every chip of a scene and return the labeled chip polygons.
 
@@ -77,7 +84,8 @@ def map_scene(
         scene: path or URL of any GDAL raster.
         labels: label names (``"forest"`` or ``"forest: dense tree cover"``), or a
             labels file; may be empty with ``head=`` (its training classes).
-        progress: ``bar`` (tqdm, Jupyter-aware), ``jsonl`` or ``none``.
+        progress: ``True`` for a progress bar (tqdm.auto: a widget in Jupyter), ``False``
+            (the default) for none, or a mode: ``bar``, ``jsonl`` or ``none``.
         **options: :class:`geobimors.run.plan.MapSettings` fields, e.g.
             ``model="ViT-B-16:openai"``, ``chip_size="640m"``, ``bands=(3, 2, 1)``, ``top_k=3``,
             ``head="head.safetensors"``.
@@ -89,7 +97,7 @@ def map_scene(
     from geobimors.run.pipeline import map_plan
     from geobimors.run.plan import plan_map
 
-    return map_plan(plan_map(_settings(str(scene), labels, **options)), progress_mode=progress)
+    return map_plan(plan_map(_settings(str(scene), labels, **options)), progress_mode=_progress_mode(progress))
 
 
 def map_to_gpkg(
@@ -98,10 +106,13 @@ def map_to_gpkg(
     output: str | Path,
     overwrite: bool = False,
     regions: bool = False,
-    progress: str = "bar",
+    progress: bool | str = False,
     **options: Any,
 ) -> RunSummary:
     """Classify every chip of a scene and write a styled GeoPackage (what ``geobimors map`` does).
+
+    Read it back with ``geopandas.read_file(output, layer="chips")`` (the file also holds
+    ``layer_styles``, and ``regions`` with ``regions=True``). Arguments as in :func:`map_scene`.
 
     Returns:
         The run summary (counts, label histogram, timing).
@@ -110,7 +121,7 @@ def map_to_gpkg(
     from geobimors.run.plan import plan_map
 
     plan = plan_map(_settings(str(scene), labels, **options))
-    return map_to_file(plan, output, overwrite=overwrite, regions=regions, progress_mode=progress)
+    return map_to_file(plan, output, overwrite=overwrite, regions=regions, progress_mode=_progress_mode(progress))
 
 
 def classify(data: xr.DataArray, labels: Sequence[str | Label] = (), **options: Any) -> xr.Dataset:
