@@ -184,3 +184,15 @@ def test_ground_unit_conversion(res: float, size_m: float, gsd: float | None) ->
     assert grid.chip_width == expected_src
     assert grid.out_width == (max(1, round(size_m / gsd)) if gsd else expected_src)
     assert math.isclose(grid.ground_size[0], expected_src * res, rel_tol=1e-9)
+
+
+def test_a_resampled_chip_larger_than_the_scene_says_what_to_do() -> None:
+    """64 px chips at the model's 10 m on a 0.6 m aerial scene of 1024 px (sample_data/cogeo.tif)."""
+    aerial = scene(1024, 1024, Affine(0.6, 0, 500_000, 0, -0.6, 5_000_000))
+    with pytest.raises(InputError) as error:
+        build_grid(aerial, GridSpec.parse(64, gsd=10.0))
+    message = str(error.value)
+    assert "64 px at 10 m/px covers 640 m" in message and "1067 x 1067 px" in message
+    assert "0.6 m/px scene mem.tif (1024 x 1024 px)" in message
+    assert "--gsd scene" in message and "--chip-size" in message and "aerial" in message
+    assert build_grid(aerial, GridSpec.parse(64, gsd=None)).chip_width == 64  # what --gsd scene does

@@ -278,10 +278,7 @@ def build_grid(info: SceneInfo, spec: GridSpec) -> ChipGrid:
             "use e.g. a quarter of the chip size"
         )
     if chip_w > info.width or chip_h > info.height:
-        raise InputError(
-            f"chip size {spec.chip_size} ({chip_w} x {chip_h} px) is larger than scene {info.name} "
-            f"({info.width} x {info.height} px); pass a smaller --chip-size"
-        )
+        raise InputError(_chip_too_large(info, spec, chip_w, chip_h))
     return ChipGrid(
         width=info.width,
         height=info.height,
@@ -293,4 +290,18 @@ def build_grid(info: SceneInfo, spec: GridSpec) -> ChipGrid:
         stride_y=chip_h - over_y,
         out_width=out_w,
         out_height=out_h,
+    )
+
+
+def _chip_too_large(info: SceneInfo, spec: GridSpec, chip_w: int, chip_h: int) -> str:
+    """Say what was resampled to what, and the ways out, when a chip does not fit in the scene."""
+    scene = f"scene {info.name} ({info.width} x {info.height} px)"
+    if spec.gsd is None:
+        return f"chip size {spec.chip_size} ({chip_w} x {chip_h} px) is larger than {scene}; pass a smaller --chip-size"
+    ground = spec.chip_size.value if spec.chip_size.is_ground else spec.chip_size.value * spec.gsd
+    return (
+        f"chip size {spec.chip_size} at {spec.gsd:g} m/px covers {ground:g} m, {chip_w} x {chip_h} px of the "
+        f"{ground / chip_w:.2g} m/px {scene}: larger than the scene. Chips are resampled to {spec.gsd:g} m/px "
+        "(the model's native resolution unless --gsd is given); pass --gsd scene to keep the scene's resolution, "
+        "a smaller --chip-size, or a model made for aerial imagery (e.g. --model ViT-B-16:openai)"
     )
