@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from geobimors import accessor as _accessor  # noqa: F401  (registers .geobimors on xarray objects)
 from geobimors._version import __version__
+from geobimors._xarray_hook import register_accessors as _register_accessors
+
+_register_accessors()  # .geobimors on xarray objects, without importing xarray here
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -287,17 +287,12 @@ def map_command(
     (`dask worker ... --resources GPU=1`, or dask-cuda's LocalCUDACluster).
     Exit code 1 when some windows could not be read (they are in the 'failed' layer).
     """
-    from geobimors.labels import read_labels
-    from geobimors.run.execute import DistributedExecutor, make_executor
-    from geobimors.run.pipeline import map_to_file
     from geobimors.run.plan import MapSettings, plan_map
     from geobimors.vector.gpkg import check_output
 
     out = output if output is not None else Path(_default_output(scene))
     check_output(out, overwrite)  # fail on the output before any slow work
-    if labels_path is None and head_path is None:
-        raise InputError("missing --labels FILE (one label per line), or a --head whose training classes to use")
-    labels = read_labels(labels_path) if labels_path is not None else []
+    labels = _map_labels(labels_path, head_path)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
     settings = MapSettings(
@@ -312,7 +307,33 @@ def map_command(
         head=str(head_path) if head_path is not None else None,
         **_chip_settings(chip),
     )
-    plan = plan_map(settings)
+    progress = "none" if quiet else progress_mode
+    run = {"overwrite": overwrite, "regions": regions, "restart": restart}
+    summary = _run_map(plan_map(settings), out, scheduler, workers, progress, quiet, **run)
+    _report_map(summary, show_summary=not quiet and progress_mode != "jsonl")
+
+
+def _map_labels(labels_path: Path | None, head_path: Path | None) -> list[Any]:
+    """The labels of ``--labels``, or none when a ``--head`` brings its training classes."""
+    from geobimors.labels import read_labels
+
+    if labels_path is None and head_path is None:
+        raise InputError("missing --labels FILE (one label per line), or a --head whose training classes to use")
+    return read_labels(labels_path) if labels_path is not None else []
+
+
+def _run_map(
+    plan: Any,
+    out: Path,
+    scheduler: str | None,
+    workers: int | None,
+    progress_mode: str,
+    quiet: bool,
+    **options: Any,
+) -> Any:
+    """Run a plan on the executor the options ask for (in-process by default) into ``out``."""
+    from geobimors.run.execute import DistributedExecutor, make_executor
+    from geobimors.run.pipeline import map_to_file
 
     def announce(executor: object) -> None:
         if quiet or not isinstance(executor, DistributedExecutor):
@@ -320,21 +341,16 @@ def map_command(
         link = executor.dashboard_link
         click.echo(f"Dask: {executor.description}" + (f", dashboard {link}" if link else ""), err=True)
 
-    executor = make_executor(scheduler, workers, gpu=device == "cuda")
+    executor = make_executor(scheduler, workers, gpu=plan.settings.device == "cuda")
     try:
-        summary = map_to_file(
-            plan,
-            out,
-            overwrite=overwrite,
-            regions=regions,
-            restart=restart,
-            progress_mode="none" if quiet else progress_mode,
-            executor=executor,
-            on_start=announce,
-        )
+        return map_to_file(plan, out, progress_mode=progress_mode, executor=executor, on_start=announce, **options)
     finally:
         executor.close()
-    if not quiet and progress_mode != "jsonl":
+
+
+def _report_map(summary: Any, show_summary: bool) -> None:
+    """Print the run summary and its warnings; exit 1 when some windows could not be read."""
+    if show_summary:
         for line in summary.lines():
             click.echo(line)
     if summary.n_classified == 0 and not summary.n_failed:
