@@ -144,7 +144,7 @@ def execute_plan(
         plan: the plan.
         on_result: called with each batch result as it arrives (in completion order).
         skip: batch indexes already done.
-        executor: where tasks run (in-process Dask by default).
+        executor: where tasks run (in-process threads by default).
         progress: counts chips.
         captions: captions from the captioning stage, by chip index.
 
@@ -236,7 +236,7 @@ def map_to_file(
         regions: add a ``regions`` layer of dissolved same-label chips.
         restart: discard a stored unfinished run instead of resuming it.
         progress_mode: ``bar``, ``jsonl`` or ``none``.
-        executor: where tasks run (in-process Dask by default).
+        executor: where tasks run (in-process threads by default).
         on_start: called with the executor once the model is loaded (e.g. to print the dashboard link).
 
     Returns:
