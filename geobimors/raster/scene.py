@@ -174,7 +174,7 @@ def _georeferencing(
     is a choice of resampling and target grid the user should make (gdalwarp).
     """
     crs, transform = ds.crs, ds.transform
-    gcps, gcp_crs = ds.gcps
+    gcps, _ = ds.gcps
     if crs is None and not allow_no_crs:
         if gcps:
             raise InputError(

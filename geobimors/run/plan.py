@@ -19,8 +19,8 @@ from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import resolve_model_name
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid
 from geobimors.raster.read import ReadSpec
-from geobimors.raster.scaling import scene_scale_range
 from geobimors.raster.safety import is_network, network_guard
+from geobimors.raster.scaling import scene_scale_range
 from geobimors.raster.scene import SceneInfo, open_scene, select_bands
 
 DEFAULT_MODEL = "mini"
