@@ -332,6 +332,11 @@ def map_command(
     labels = read_labels(labels_path) if labels_path is not None else []
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and workers > max(64, 4 * (os.cpu_count() or 1)):
+        raise InputError(
+            f"--workers {workers} is far more than this machine's {os.cpu_count()} CPUs; use at most the number "
+            "of CPUs (or --scheduler for a cluster)"
+        )
     settings = MapSettings(
         scene=scene,
         labels=tuple(labels),
@@ -346,6 +351,9 @@ def map_command(
         **_safety_settings(chip),
     )
     plan = plan_map(settings)
+    from geobimors.run.plan import check_output_safety
+
+    check_output_safety(out, settings)
     if not quiet and progress_mode != "jsonl":
         from geobimors.run.plan import work_estimate
 

@@ -77,6 +77,8 @@ MAX_VRT_DEPTH = 16
 MAX_VRT_BYTES = 64 * 1024 * 1024
 MAX_SOURCES = 100_000
 MAX_DESCRIPTOR_BYTES = 16 * 1024 * 1024
+# A zip member that inflates more than this many times, to more than a gigabyte, is a zip bomb.
+MAX_COMPRESSION_RATIO = 1000
 
 # Configuration that makes GDAL itself refuse network I/O (see the module docs).
 _NO_SUCH_NAME = ".geobimors-network-disabled"
@@ -270,7 +272,8 @@ def _inspect_source(name: str, vrt: Path, relative: bool, state: _Inspection, ch
             raise InputError(f"VRT {vrt} has an inline source that is not valid, safe XML") from None
         return
     local = _local_file_of(name, vrt.parent if relative else None)
-    if local is not None:
+    check_archive(name, vrt.parent if relative else None)
+    if local is not None and not name.startswith("/vsi"):
         if not local.exists():
             raise InputError(f"VRT {vrt}: source {name} cannot be opened (no such file); fix its SourceFilename")
         os.close(_open_regular(local, f"VRT {vrt}: source {name}"))  # not /dev/zero, a FIFO or a directory
@@ -280,6 +283,33 @@ def _inspect_source(name: str, vrt: Path, relative: bool, state: _Inspection, ch
         return
     state.checked.add(target)
     _check_opens(target, name, vrt, state)
+
+
+def check_archive(name: str, base: Path | None = None) -> None:
+    """Refuse a ``/vsizip/`` dataset whose local archive holds a zip bomb (an absurd inflation ratio).
+
+    Raises:
+        InputError: a member inflates more than ``MAX_COMPRESSION_RATIO`` times to over 1 GB.
+    """
+    if not name.startswith("/vsizip/"):
+        return
+    archive = _local_file_of(name, base)
+    if archive is None:
+        return
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip GDAL can read either: GDAL says why when it opens it
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > 1 << 30 and ratio > MAX_COMPRESSION_RATIO:
+            raise InputError(
+                f"archive {archive} holds {member.filename}, which inflates {ratio:,.0f}x to "
+                f"{member.file_size / 1e9:,.1f} GB (a zip bomb?); unpack it yourself if it is genuine"
+            )
 
 
 def _local_file_of(name: str, base: Path | None) -> Path | None:

@@ -16,7 +16,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from geobimors.errors import InputError, warn
-from geobimors.raster.safety import check_local_dataset, check_regular_file, is_network, network_guard
+from geobimors.raster.safety import check_archive, check_local_dataset, check_regular_file, is_network, network_guard
 
 _URL_RE = re.compile(r"^(https?|s3|gs|az|ftp)://", re.IGNORECASE)
 
@@ -130,6 +130,8 @@ def open_scene(
             raise InputError(f"scene {text} is not readable; check its permissions")
         check_regular_file(local, "scene")  # GDAL would block forever on a FIFO
         check_local_dataset(target, allow_network=network_ok, scene=text)
+    elif not network_ok:
+        check_archive(target)  # /vsizip/local.zip/...: GDAL's guard still applies to what is inside
     try:
         with network_guard(network_ok), rasterio.open(target) as ds:
             if ds.width == 0 or ds.height == 0 or ds.count == 0:

@@ -29,6 +29,11 @@ DEFAULT_MODEL = "mini"
 DEFAULT_MAX_CHIPS = 2_000_000
 # Upsampling a coarse scene by more than this to a model's native GSD is refused unless --gsd is given.
 MAX_DEFAULT_UPSAMPLING = 4.0
+# A chip is one read and one model input: an edge of more pixels than this is a wrong --chip-size
+# (or --gsd); the model resizes every chip to its input size (224 px for most CLIPs) anyway.
+MAX_CHIP_EDGE = 16_384
+# Chips per task and forward pass: beyond this a batch's pixels alone take gigabytes.
+MAX_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -224,6 +229,9 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     """
     if not 0.0 <= settings.min_valid <= 1.0:
         raise InputError(f"--min-valid must be between 0 and 1, got {settings.min_valid}")
+    low, high = settings.percentiles
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(f"--percentiles {low:g},{high:g}: expected 0 <= LOW < HIGH <= 100, such as 2,98")
     default_chip, native_gsd = model_defaults(model)
     if settings.max_chips < 1:
         raise InputError(f"--max-chips must be at least 1, got {settings.max_chips}")
@@ -240,6 +248,7 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     if gsd is None and not settings.keep_scene_gsd and scene.crs is not None:
         gsd = native_gsd
     grid = build_grid(scene, GridSpec.parse(chip_size, settings.overlap, gsd))
+    _check_chip_edge(scene, grid)
     _check_upsampling(scene, grid, model, chosen_by_user=settings.gsd is not None)
     _check_chip_count(scene, grid, settings.max_chips)
     with network_guard(network_ok):
@@ -250,6 +259,16 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
         scene.path, grid, selection.indexes, scale, settings.nodata, settings.min_valid, allow_network=network_ok
     )
     return scene, grid, read, selection.description
+
+
+def _check_chip_edge(scene: SceneInfo, grid: ChipGrid) -> None:
+    edge = max(grid.chip_width, grid.chip_height, grid.out_width, grid.out_height)
+    if edge > MAX_CHIP_EDGE:
+        raise InputError(
+            f"chips of {grid.chip_width} x {grid.chip_height} scene px (resampled to {grid.out_width} x "
+            f"{grid.out_height}) are larger than {MAX_CHIP_EDGE:,} px; the model sees each chip at its own input "
+            "size (224 px for most CLIPs), so pass a smaller --chip-size (or a coarser --gsd)"
+        )
 
 
 def _check_upsampling(scene: SceneInfo, grid: ChipGrid, model: str, chosen_by_user: bool) -> None:
@@ -301,6 +320,12 @@ def plan_map(settings: MapSettings) -> ScenePlan:
 
     if settings.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.batch_size > MAX_BATCH_SIZE or settings.caption_batch_size > MAX_BATCH_SIZE:
+        size = max(settings.batch_size, settings.caption_batch_size)
+        raise InputError(
+            f"batch size {size:,} is more than {MAX_BATCH_SIZE:,} chips: a batch's pixels alone would take "
+            "gigabytes; use --batch-size 32 to 512"
+        )
     if settings.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {settings.top_k}")
     metadata = read_metadata(settings.head) if settings.head else None
@@ -320,6 +345,30 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         if metadata["head"] == "bimors" and captioner and captioner.get("name", "none") != "none":
             plan.captioner = CaptionerSpec(**captioner)
     return plan
+
+
+def check_output_safety(output: str | Path, settings: MapSettings) -> None:
+    """Refuse outputs that would destroy an input or cannot be written next to their sidecar files.
+
+    Raises:
+        OutputError: the output is the scene, labels or head file (also through a
+            link), its name is too long for the sidecar files, or its sidecar
+            store is a symbolic link.
+    """
+    import os
+
+    from geobimors.errors import OutputError
+
+    out = Path(output).expanduser()
+    if len(os.fsencode(out.name)) > 255 - len(".partial") - 16:
+        raise OutputError(f"output file name {out.name[:40]}... is too long ({len(out.name)} characters); shorten it")
+    if out.exists():
+        for what, given in (("scene", settings.scene), ("head checkpoint", settings.head)):
+            if given and Path(given).exists() and os.path.samefile(out, given):
+                raise OutputError(f"output {out} is the input {what}; choose another -o path")
+    sidecar = out.with_name(out.name + ".partial")
+    if sidecar.is_symlink():
+        raise OutputError(f"{sidecar} is a symbolic link; remove it (geobimors keeps unfinished runs there)")
 
 
 def _file_digest(path: str) -> str:

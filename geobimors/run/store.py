@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from geobimors import __version__
 from geobimors.errors import InputError, RunError
+from geobimors.raster.safety import read_regular_file
 from geobimors.run.tasks import BatchResult
 
 MANIFEST = "manifest.json"
@@ -99,8 +100,8 @@ class RunStore:
             shutil.rmtree(directory)
         if manifest.is_file():
             try:
-                found = json.loads(manifest.read_text()).get("fingerprint")
-            except (OSError, ValueError):
+                found = json.loads(read_regular_file(manifest, "run manifest", 1024 * 1024)).get("fingerprint")
+            except (OSError, ValueError, AttributeError, InputError):
                 found = None
             if found != fingerprint:
                 raise InputError(
