@@ -161,7 +161,7 @@ def check_local_dataset(path: str, allow_network: bool = False, scene: str | Non
 def _inspect_file(path: Path, state: _Inspection, chain: tuple[str, ...]) -> None:
     head = _peek(path)
     text_start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text_start[:11].lower() == b"<vrtdataset":
+    if text_start[:1] == b"<" and b"<vrtdataset" in head.lower():  # also after <?xml ...?> and a DOCTYPE
         _inspect_vrt(path, _read_capped(path, MAX_VRT_BYTES, "VRT"), state, chain)
     elif text_start[:1] in (b"<", b"{", b"["):
         # A dataset description (WMS/WMTS/WCS XML, STACTA/STACIT JSON, MRF, KML, ...): it may name servers.

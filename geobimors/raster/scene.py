@@ -137,6 +137,7 @@ def open_scene(
             if ds.width == 0 or ds.height == 0 or ds.count == 0:
                 raise InputError(f"scene {text} is empty ({ds.width} x {ds.height} px, {ds.count} bands)")
             crs, transform = _georeferencing(ds, text, allow_no_crs, allow_no_geotransform)
+            dropped_crs = crs is None and ds.crs is not None  # --allow-no-geotransform: pixel coordinates
             info = SceneInfo(
                 path=target,
                 width=ds.width,
@@ -156,7 +157,7 @@ def open_scene(
                 "or download the file and pass its local path"
             ) from None
         raise InputError(f"{text} is not a raster GDAL can read ({_first_line(exc)})") from None
-    if info.crs is None:
+    if info.crs is None and not dropped_crs:
         if not allow_no_crs:
             raise InputError(
                 f"scene {text} has no CRS, so chips cannot be georeferenced; assign one "
