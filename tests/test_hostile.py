@@ -523,7 +523,7 @@ HOSTILE_CASES = [
         ("would read from the network",),
     ),
     Case(
-        "remote URL elsewhere in a VRT (SRS)",
+        "remote URL elsewhere in a VRT",
         lambda t, m: base(
             t,
             m,
@@ -580,7 +580,7 @@ HOSTILE_CASES = [
         2,
         ("not valid XML",),
     ),
-    Case("VRT without bands", lambda t, m: base(t, m, scene=no_band_vrt(t)), 2, ("not a raster GDAL can read", "bands")),
+    Case("VRT without bands", lambda t, m: base(t, m, scene=no_band_vrt(t)), 2, ("GDAL can read", "bands")),
     Case("VRT of 0 x 0 pixels", lambda t, m: base(t, m, scene=zero_size_vrt(t)), 2, ("not a raster GDAL can read",)),
     Case("scene is a FIFO", lambda t, m: base(t, m, scene=fifo(t, "scene.tif")), 2, ("named pipe",)),
     Case("zip bomb via /vsizip/", lambda t, m: base(t, m, scene=zip_bomb(t)), 2, ("zip bomb",)),
@@ -630,7 +630,7 @@ HOSTILE_CASES = [
         output_expected=True,
         extra=warned("tokens with the prompt template"),
         check=lambda t, r: (
-            None if "very very very very very very very ve..." in r.out and "long  " not in r.out else pytest.fail(r.out)
+            None if "very very very very very ve..." in r.out and "long  " not in r.out else pytest.fail(r.out)
         ),
     ),
     # Absurd work

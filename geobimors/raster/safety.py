@@ -70,7 +70,7 @@ _NETWORK_RE = re.compile(
     r"|(?:^|[\"':(])(?:" + "|".join(NETWORK_DRIVER_PREFIXES) + r"):",
     re.IGNORECASE,
 )
-_URLISH = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+://\S*")
+_URLISH = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]+://[^\s\"'<>]*")
 
 # Bounds of the inspection: deeper or larger VRTs are refused (a VRT is a small text file).
 MAX_VRT_DEPTH = 16
@@ -259,9 +259,6 @@ def _elements_outside_metadata(root: Any) -> Iterator[Any]:
 
 
 def _inspect_source(name: str, vrt: Path, relative: bool, state: _Inspection, chain: tuple[str, ...]) -> None:
-    if network_reference(name):
-        _refuse_network(name, vrt, state)
-        return  # allowed: not ours to inspect
     if name.lstrip().startswith("<"):  # an inline VRT as the source
         import defusedxml.ElementTree as SafeET
         from defusedxml import DefusedXmlException
@@ -271,6 +268,9 @@ def _inspect_source(name: str, vrt: Path, relative: bool, state: _Inspection, ch
         except (DefusedXmlException, SafeET.ParseError):
             raise InputError(f"VRT {vrt} has an inline source that is not valid, safe XML") from None
         return
+    if network_reference(name):
+        _refuse_network(name, vrt, state)
+        return  # allowed: not ours to inspect
     local = _local_file_of(name, vrt.parent if relative else None)
     check_archive(name, vrt.parent if relative else None)
     if local is not None and not name.startswith("/vsi"):

@@ -230,12 +230,19 @@ class RunLock:
         raise RunError(f"could not take the lock {self.path}: it keeps changing; is another program using it?")
 
     def _holder(self) -> str:
-        try:
-            with open(self.path, "rb") as f:
-                text = f.read(32).decode(errors="replace").strip()
-        except OSError:
-            text = ""
-        return text if text.isdigit() else "unknown"
+        """The holder's pid from the lock file (it writes it just after taking the lock: wait a moment)."""
+        import time
+
+        for _ in range(20):
+            try:
+                with open(self.path, "rb") as f:
+                    text = f.read(32).decode(errors="replace").strip()
+            except OSError:
+                text = ""
+            if text.isdigit():
+                return text
+            time.sleep(0.025)
+        return "unknown"
 
     def __exit__(self, *exc: object) -> None:
         if self._lock is not None:
