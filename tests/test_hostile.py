@@ -412,6 +412,12 @@ def gpkg_raster(tmp: Path) -> str:
     return str(path)
 
 
+def output_linked_to_scene(tmp: Path, model: str) -> list[str]:
+    args = base(tmp, model)
+    (tmp / "link.gpkg").symlink_to(tmp / "default.tif")
+    return [*base(tmp, model, scene=args[0], **{"-o": str(tmp / "link.gpkg")}), "--overwrite"]
+
+
 def symlinked_store(tmp: Path, model: str) -> list[str]:
     (tmp / "elsewhere").mkdir()
     (tmp / "out.gpkg.partial").symlink_to(tmp / "elsewhere")
@@ -646,7 +652,14 @@ HOSTILE_CASES = [
         2,
         ("makes 16 chips", "--max-chips 10"),
     ),
-    Case("--max-chips raised", lambda t, m: [*base(t, m), "--max-chips", "16"], 0, (), output_expected=True),
+    Case(
+        "--max-chips raised",
+        lambda t, m: [*base(t, m), "--max-chips", "16"],
+        0,
+        (),
+        output_expected=True,
+        check=lambda t, r: None if "Work: 16 chips (4 x 4) in 1 batches" in r.err else pytest.fail(r.err),
+    ),
     Case("--max-chips 0", lambda t, m: [*base(t, m), "--max-chips", "0"], 2, ("--max-chips must be at least 1",)),
     Case(
         "coarse scene upsampled to the model's GSD",
@@ -729,6 +742,13 @@ HOSTILE_CASES = [
     Case(
         "output file name too long", lambda t, m: base(t, m, **{"-o": str(t / ("x" * 240 + ".gpkg"))}), 2, ("too long",)
     ),
+    Case(
+        "output is a symlink to the input scene",
+        output_linked_to_scene,
+        2,
+        ("is the input scene",),
+        check=lambda t, r: None if rasterio.open(t / "default.tif").count == 3 else pytest.fail("scene lost"),
+    ),
     Case("run store is a symlink", lambda t, m: symlinked_store(t, m), 2, ("symbolic link",)),
     Case(
         "head with a huge header", lambda t, m: [*base(t, m), "--head", head_huge_header(t)], 2, ("header too large",)
@@ -779,6 +799,9 @@ def test_catalogue_counts_and_is_documented() -> None:
     assert not missing, missing
     documented = re.findall(r"^\| (?!case |---)([^|]+?) \| (?:\d|—)", text, re.MULTILINE)
     assert len(cases) >= 60 and len(documented) >= len(cases), (len(cases), len(documented))
+    stated = re.search(r"it holds (\d+): (\d+) above, (\d+) below", text)
+    assert stated is not None
+    assert [int(n) for n in stated.groups()] == [len(cases), len(HARDENING_CASES), len(HOSTILE_CASES)]
 
 
 # --- bounded reads (API) ------------------------------------------------------------------------

@@ -136,11 +136,12 @@ class ChipReader:
         out = np.zeros((len(chips), self.spec.grid.out_height, self.spec.grid.out_width, 3), dtype=np.uint8)
         fractions = np.zeros(len(chips), dtype=np.float32)
         errors: list[str | None] = [None] * len(chips)
-        for i, chip in enumerate(chips):
-            try:
-                out[i], fractions[i] = self.read(chip)
-            except RasterioError as exc:
-                errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
+        with network_guard(self.spec.allow_network):  # once per batch: each chip read then skips it
+            for i, chip in enumerate(chips):
+                try:
+                    out[i], fractions[i] = self.read(chip)
+                except RasterioError as exc:
+                    errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
         keep = (fractions >= self.spec.min_valid) & (fractions > 0)
         return ChipBatch(chips, out, fractions, keep, errors)
 

@@ -32,6 +32,7 @@ import contextlib
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,17 +119,31 @@ def is_network(text: str) -> bool:
     return network_reference(text) is not None
 
 
+_guard_state = threading.local()
+
+
 def network_guard(allow_network: bool) -> contextlib.AbstractContextManager[Any]:
     """Context in which GDAL refuses network I/O, unless ``allow_network``.
 
     Wrap every open *and read* of a scene that came from a local file: GDAL
-    opens VRT sources lazily, at the first read.
+    opens VRT sources lazily, at the first read. Nested guards in one thread
+    cost nothing (a batch of chip reads enters it once).
     """
-    if allow_network:
+    if allow_network or getattr(_guard_state, "active", False):
         return contextlib.nullcontext()
+    return _no_network()
+
+
+@contextlib.contextmanager
+def _no_network() -> Iterator[None]:
     import rasterio
 
-    return rasterio.Env(**NO_NETWORK_CONFIG)
+    with rasterio.Env(**NO_NETWORK_CONFIG):
+        _guard_state.active = True
+        try:
+            yield
+        finally:
+            _guard_state.active = False
 
 
 @dataclass
