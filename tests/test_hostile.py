@@ -259,7 +259,9 @@ def test_workers_read_with_the_guard(server: Server, tmp_path: Path) -> None:
     spec = ReadSpec(vrt, grid, (1, 2, 3), None)
     batch = ChipReader(spec).read_batch(list(grid.chips(0, 2)))
     assert server.hits == [] and batch.errors[0]  # (GDAL then gives up on the source: later reads are empty)
-    batch = ChipReader(dataclasses.replace(spec, allow_network=True)).read_batch(list(grid.chips(0, 2)))
+    # Another VRT file: a thread keeps its dataset handle per path, and GDAL gave up on that one's source.
+    allowed = write_vrt(tmp_path / "w2.vrt", f"/vsicurl/{server.url}/served.tif")
+    batch = ChipReader(dataclasses.replace(spec, path=allowed, allow_network=True)).read_batch(list(grid.chips(0, 2)))
     assert server.hits and not any(batch.errors)
 
 

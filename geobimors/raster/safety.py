@@ -170,7 +170,8 @@ def check_local_dataset(path: str, allow_network: bool = False, scene: str | Non
             a Python pixel function, or a source cannot be opened (GDAL's reason).
     """
     state = _Inspection(scene or path, allow_network)
-    _inspect_file(Path(path), state, chain=())
+    with network_guard(allow_network):  # entered once: the source opens below nest in it
+        _inspect_file(Path(path), state, chain=())
 
 
 def _inspect_file(path: Path, state: _Inspection, chain: tuple[str, ...]) -> None:
