@@ -21,12 +21,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from rasters import make_geotiff, random_rgb  # noqa: E402
-
 from geobimors.raster.grid import GridSpec, build_grid  # noqa: E402
 from geobimors.raster.read import ChipReader, ReadSpec  # noqa: E402
 from geobimors.raster.safety import check_local_dataset  # noqa: E402
 from geobimors.raster.scene import open_scene  # noqa: E402
+
+from rasters import make_geotiff, random_rgb  # noqa: E402
 
 
 def best(fn, repeats: int = 3) -> float:
