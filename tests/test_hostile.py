@@ -36,6 +36,7 @@ from test_hardening import Case, base, labels, no_files_left, scene
 from geobimors.errors import InputError
 from geobimors.raster.safety import (
     NO_NETWORK_CONFIG,
+    is_user_url,
     network_guard,
     network_reference,
     read_regular_file,
@@ -273,6 +274,9 @@ def test_network_reference() -> None:
     assert network_reference("http://www.opengis.net/def/crs/EPSG/0/4326") is None
     assert network_reference("vrt://local.tif?bands=1") is None
     assert network_reference("/data/scenes/http_mirror/a.tif") is None
+    assert is_user_url("https://host/a.tif") and is_user_url("/vsis3/bucket/a.tif") and is_user_url("WMS:http://h")
+    assert is_user_url("vrt:///vsicurl/http://h/a.tif") and not is_user_url("vrt://local.tif")
+    assert not is_user_url("/data/vsicurl/http:/mailed.vrt") and not is_user_url("/vsizip/local.zip/a.tif")
     assert set(NO_NETWORK_CONFIG) >= {"CPL_VSIL_CURL_ALLOWED_EXTENSIONS", "GDAL_HTTP_PROXY"}
 
 
@@ -286,6 +290,12 @@ def vrt_with(tmp: Path, source: str, name: str = "v.vrt", relative: bool = True,
 def good_source(tmp: Path) -> str:
     scene(tmp, name="src.tif")
     return "src.tif"
+
+
+def url_like_path(tmp: Path) -> str:
+    """A mailed VRT saved under a folder named like a GDAL network handler: still a local file."""
+    (tmp / "vsicurl" / "http:").mkdir(parents=True)
+    return vrt_with(tmp, "/vsicurl/http://127.0.0.1:9/a.tif", "vsicurl/http:/x.vrt")
 
 
 def fifo(tmp: Path, name: str) -> str:
@@ -590,6 +600,12 @@ HOSTILE_CASES = [
     ),
     Case("VRT without bands", lambda t, m: base(t, m, scene=no_band_vrt(t)), 2, ("GDAL can read", "bands")),
     Case("VRT of 0 x 0 pixels", lambda t, m: base(t, m, scene=zero_size_vrt(t)), 2, ("not a raster GDAL can read",)),
+    Case(
+        "local path that looks like a URL",
+        lambda t, m: base(t, m, scene=url_like_path(t)),
+        2,
+        ("would read from the network",),
+    ),
     Case("scene is a FIFO", lambda t, m: base(t, m, scene=fifo(t, "scene.tif")), 2, ("named pipe",)),
     Case("zip bomb via /vsizip/", lambda t, m: base(t, m, scene=zip_bomb(t)), 2, ("zip bomb",)),
     # Bounded reads and labels

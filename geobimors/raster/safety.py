@@ -119,6 +119,22 @@ def is_network(text: str) -> bool:
     return network_reference(text) is not None
 
 
+def is_user_url(text: str) -> bool:
+    """True when a scene name given by the user is itself remote.
+
+    Remote: a URL, a ``/vsi...`` chain that names the network, or a network
+    driver connection string (``WMS:...``). A local path is never remote, even
+    one with ``/vsicurl/`` or ``http:`` in a folder name.
+    """
+    name = text.strip()
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]+)://", name)
+    if scheme:
+        return scheme.group(1).lower() not in _LOCAL_SCHEMES or is_network(name[scheme.end() :])
+    if name.startswith("/vsi"):
+        return is_network(name)
+    return bool(re.match(r"^(?:" + "|".join(NETWORK_DRIVER_PREFIXES) + r"):", name, re.IGNORECASE))
+
+
 _guard_state = threading.local()
 
 

@@ -16,7 +16,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from geobimors.errors import InputError, warn
-from geobimors.raster.safety import check_archive, check_local_dataset, check_regular_file, is_network, network_guard
+from geobimors.raster.safety import check_archive, check_local_dataset, check_regular_file, is_user_url, network_guard
 
 _URL_RE = re.compile(r"^(https?|s3|gs|az|ftp)://", re.IGNORECASE)
 
@@ -119,7 +119,7 @@ def open_scene(
     """
     text = os.fspath(path)
     target = gdal_path(text)
-    network_ok = allow_network or is_network(text)
+    network_ok = allow_network or is_user_url(text)
     if not is_remote(target):
         local = Path(target)
         if not local.exists():

@@ -19,7 +19,7 @@ from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import resolve_model_name
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid
 from geobimors.raster.read import ReadSpec
-from geobimors.raster.safety import is_network, network_guard
+from geobimors.raster.safety import is_user_url, network_guard
 from geobimors.raster.scaling import scene_scale_range
 from geobimors.raster.scene import SceneInfo, open_scene, select_bands
 
@@ -241,7 +241,7 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
         allow_network=settings.allow_network,
         allow_no_geotransform=settings.allow_no_geotransform,
     )
-    network_ok = settings.allow_network or is_network(settings.scene)
+    network_ok = settings.allow_network or is_user_url(settings.scene)
     selection = select_bands(scene, settings.bands)
     chip_size = settings.chip_size if settings.chip_size is not None else (default_chip or 224)
     gsd = settings.gsd
