@@ -648,13 +648,15 @@ HOSTILE_CASES = [
     Case("bidi override in a label", lambda t, m: base(t, m, **l(t, "forest\nwat\u202eer\n")), 2, ("line 2", "U+202E")),
     Case(
         "label longer than the context is shortened in the summary",
-        lambda t, m: base(t, m, **l(t, "forest\n" + "very " * 100 + "long\n")),
+        lambda t, m: base(t, m, **l(t, "forest\n" + "extremely " * 90 + "long\n")),
         0,
         (),
         output_expected=True,
         extra=warned("tokens with the prompt template"),
         check=lambda t, r: (
-            None if "very very very very very ve..." in r.out and "long  " not in r.out else pytest.fail(r.out)
+            None
+            if "extremely extremely extremely extreme..." in r.out and "long  " not in r.out
+            else pytest.fail(r.out)
         ),
     ),
     # Absurd work
