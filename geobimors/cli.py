@@ -113,6 +113,37 @@ chip_options = _options(
     click.option("--allow-no-crs", is_flag=True, help="Map scenes without a CRS in pixel coordinates."),
 )
 
+safety_options = _options(
+    click.option(
+        "--allow-network",
+        is_flag=True,
+        help="Let a local scene file (a VRT, a WMS description, ...) read sources over the network. "
+        "Without it a local file never makes geobimors contact a host; a URL you give as SCENE always may.",
+    ),
+    click.option(
+        "--max-chips",
+        type=int,
+        default=2_000_000,
+        show_default=True,
+        help="Refuse scenes that make more chips than this (usually a wrong --chip-size or --gsd).",
+    ),
+    click.option(
+        "--allow-no-geotransform",
+        is_flag=True,
+        help="Map a scene that has a CRS but no geotransform in pixel coordinates instead of refusing it.",
+    ),
+)
+
+
+def _safety_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """MapSettings fields from the safety options."""
+    return {
+        "allow_network": options["allow_network"],
+        "max_chips": options["max_chips"],
+        "allow_no_geotransform": options["allow_no_geotransform"],
+    }
+
+
 captioner_options = _options(
     click.option(
         "--captioner",
@@ -226,6 +257,7 @@ def cli() -> None:
     help="Trained head checkpoint (geobimors train); its captioner captions the chips (cached).",
 )
 @chip_options
+@safety_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Chips per classification task.")
 @click.option(
     "--caption-batch-size",
@@ -287,7 +319,7 @@ def map_command(
     (`dask worker ... --resources GPU=1`, or dask-cuda's LocalCUDACluster).
     Exit code 1 when some windows could not be read (they are in the 'failed' layer).
     """
-    from geobimors.run.plan import MapSettings, plan_map
+    from geobimors.run.plan import MapSettings, check_output_safety, plan_map, work_estimate
     from geobimors.vector.gpkg import check_output
 
     out = output if output is not None else Path(_default_output(scene))
@@ -295,6 +327,11 @@ def map_command(
     labels = _map_labels(labels_path, head_path)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and workers > max(64, 4 * (os.cpu_count() or 1)):
+        raise InputError(
+            f"--workers {workers} is far more than this machine's {os.cpu_count()} CPUs; use at most the number "
+            "of CPUs (or --scheduler for a cluster)"
+        )
     settings = MapSettings(
         scene=scene,
         labels=tuple(labels),
@@ -306,10 +343,15 @@ def map_command(
         precision=precision,
         head=str(head_path) if head_path is not None else None,
         **_chip_settings(chip),
+        **_safety_settings(chip),
     )
+    plan = plan_map(settings)
+    check_output_safety(out, settings)
+    if not quiet and progress_mode != "jsonl":
+        click.echo(f"Work: {work_estimate(plan)}", err=True)
     progress = "none" if quiet else progress_mode
     run = {"overwrite": overwrite, "regions": regions, "restart": restart}
-    summary = _run_map(plan_map(settings), out, scheduler, workers, progress, quiet, **run)
+    summary = _run_map(plan, out, scheduler, workers, progress, quiet, **run)
     _report_map(summary, show_summary=not quiet and progress_mode != "jsonl")
 
 
@@ -373,6 +415,7 @@ def _report_map(summary: Any, show_summary: bool) -> None:
 @captioner_options
 @click.option("-m", "--model", default="mini", show_default=True, help="Model whose chip size and GSD to use (scenes).")
 @chip_options
+@safety_options
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Chips per captioning call.")
 @device_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Also write captions to a CSV.")
@@ -411,7 +454,7 @@ def caption_command(
         source,
         load_captioner(spec, device, precision),
         model,
-        _chip_settings(chip),
+        {**_chip_settings(chip), **_safety_settings(chip)},
         batch_size,
         progress_mode="none" if quiet else "bar",
     )

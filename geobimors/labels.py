@@ -16,6 +16,15 @@ from pathlib import Path
 
 from geobimors.errors import InputError
 
+# Bounds of a labels file: a label is a few words (CLIP reads at most 77 tokens of a prompt),
+# so a line of thousands of characters or a file of megabytes is the wrong file.
+MAX_LABELS_FILE_BYTES = 4 * 1024 * 1024
+MAX_LABEL_LINE_CHARS = 1000
+# How much of a label summaries print.
+SHORT_LABEL_CHARS = 40
+# Bidirectional controls can make a label display as something else (Trojan Source, CVE-2021-42574).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
 
 @dataclass(frozen=True)
 class Label:
@@ -31,8 +40,35 @@ class Label:
 
 
 def normalise_label(name: str) -> str:
-    """Return the comparison key of a label: case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+    """Return the comparison key of a label: NFKC, invisible characters removed, case-folded, whitespace collapsed.
+
+    Invisible characters are format characters (Unicode category Cf: zero-width
+    spaces and joiners, bidi controls, soft hyphens, the BOM, ...), so labels
+    that differ only by them compare equal.
+    """
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return " ".join(text.casefold().split())
+
+
+def short_label(name: str, limit: int = SHORT_LABEL_CHARS) -> str:
+    """A label shortened for summaries and messages (``...`` marks the cut)."""
+    return name if len(name) <= limit else name[: limit - 3].rstrip() + "..."
+
+
+def _check_characters(line: str, number: int, source: str) -> None:
+    """Refuse control characters (terminal escapes) and bidi controls in a label line."""
+    for ch in line:
+        if ch in _BIDI_CONTROLS:
+            raise InputError(
+                f"{source} line {number}: bidirectional control character U+{ord(ch):04X} can make a label "
+                "display as something else; remove it"
+            )
+        if unicodedata.category(ch) == "Cc" and ch != "\t":
+            raise InputError(
+                f"{source} line {number}: control character U+{ord(ch):04X} in a label; remove it "
+                "(is this a text file?)"
+            )
 
 
 def camel_to_words(name: str) -> str:
@@ -64,6 +100,12 @@ def parse_labels(lines: Iterable[str], source: str = "labels") -> list[Label]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
+        if len(line) > MAX_LABEL_LINE_CHARS:
+            raise InputError(
+                f"{source} line {number} is {len(line):,} characters long; a label is a few words (the text "
+                f"encoder reads at most 77 tokens), so lines over {MAX_LABEL_LINE_CHARS} characters are refused"
+            )
+        _check_characters(line.rstrip("\r\n"), number, source)
         name, sep, prompt = line.partition(":")
         name = " ".join(name.split())
         prompt = " ".join(prompt.split()) if sep else name
@@ -72,10 +114,17 @@ def parse_labels(lines: Iterable[str], source: str = "labels") -> list[Label]:
         if not prompt:
             raise InputError(f"{source} line {number}: empty prompt text after ':' for label {name!r}")
         key = normalise_label(name)
+        if not key:
+            raise InputError(
+                f"{source} line {number}: label {name!r} is empty once invisible characters are removed; "
+                "write a visible label or delete the line"
+            )
+        if not normalise_label(prompt):
+            raise InputError(f"{source} line {number}: the prompt text of label {name!r} is only invisible characters")
         if key in seen:
             raise InputError(
                 f"{source} line {number}: duplicate label {name!r} (same as line {seen[key]}, "
-                "ignoring case and spaces); remove one of them"
+                "ignoring case, spaces and invisible characters); remove one of them"
             )
         seen[key] = number
         labels.append(Label(name=name, prompt=prompt))
@@ -111,9 +160,17 @@ def read_labels(path: str | Path) -> list[Label]:
         InputError: if the file is missing, unreadable, not UTF-8, or has
             fewer than two or duplicate labels.
     """
+    from geobimors.raster.safety import read_regular_file
+
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        data = read_regular_file(path, "labels file", MAX_LABELS_FILE_BYTES)
+        nul = data.find(b"\0")
+        if nul >= 0:
+            raise InputError(
+                f"labels file {path} is binary (NUL byte at offset {nul}); pass a text file with one label per line"
+            )
+        text = data.decode("utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"labels file not found: {path}; pass --labels FILE with one label per line") from None
     except IsADirectoryError:

@@ -98,7 +98,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         ) from exc
     try:
         metadata = json.loads(header[FORMAT])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         raise ModelError(
             f"head checkpoint {path} has no geobimors metadata; train heads with geobimors train"
         ) from None

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from geobimors.errors import warn
 from geobimors.heads.base import Head
-from geobimors.labels import Label
+from geobimors.labels import Label, short_label
 from geobimors.models.clip import ClipModel
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES, fill_templates
 
@@ -35,9 +35,11 @@ class ZeroShotHead(Head):
         cut = self.clip.overflowing(prompts)
         for i, label in enumerate(self.labels):
             if any(cut[i * len(self.templates) : (i + 1) * len(self.templates)]):
+                context = int(self.clip.tokenizer([""]).shape[-1])
                 warn(
-                    f"label {label.name[:40]!r}... is longer than the text encoder's context: only its beginning "
-                    "is read; shorten it or use 'label: short description'"
+                    f"label {short_label(label.name)!r} is longer than the text encoder's context "
+                    f"({context} tokens with the prompt template): only its beginning is read; shorten it or "
+                    "use 'label: short description'"
                 )
         features = self.clip.encode_texts(prompts).view(len(self.labels), len(self.templates), -1)
         return F.normalize(features.mean(dim=1), dim=-1)

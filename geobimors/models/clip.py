@@ -377,6 +377,11 @@ def _download_hub_file(spec: str) -> str:
     return str(hf_hub_download(repo_id=f"{org}/{repo}", filename=filename))
 
 
+def model_seed(name: str) -> int:
+    """A seed derived from a model name (stable across runs, processes and machines)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def _build(source: ModelSource, device: torch.device, precision: str) -> ClipModel:
     from geobimors.models import bundled
 
@@ -384,10 +389,10 @@ def _build(source: ModelSource, device: torch.device, precision: str) -> ClipMod
         return bundled.load_bundled(source.arch, device, precision)
     open_clip = _open_clip()
     kwargs: dict[str, Any] = {"device": "cpu", "weights_only": True, "pretrained_text": False}
-    if source.kind == "hf-hub":
-        model = open_clip.create_model(f"hf-hub:{source.arch}", **kwargs)
-    elif source.kind == "local-dir":
-        model = open_clip.create_model(f"local-dir:{source.arch}", **kwargs)
+    if source.kind in ("hf-hub", "local-dir"):
+        with torch.random.fork_rng(devices=[]):  # reproducible init of anything the weights leave out
+            torch.manual_seed(model_seed(source.name))
+            model = open_clip.create_model(f"{source.kind}:{source.arch}", **kwargs)
     else:
         weights = source.weights
         if weights is not None and weights.startswith("hf-hub:"):
@@ -396,9 +401,14 @@ def _build(source: ModelSource, device: torch.device, precision: str) -> ClipMod
         if tag_cfg.get("quick_gelu"):
             kwargs["force_quick_gelu"] = True
         # open_clip merges the tag's preprocessing (mean, std, size) into the model itself.
-        model = open_clip.create_model(
-            source.arch, pretrained=weights, require_pretrained=weights is not None, **kwargs
-        )
+        # Seeded from the architecture: ARCH:random gives the same weights in every run and
+        # process (resumed and distributed runs compare with uninterrupted ones), and any
+        # layer a checkpoint leaves at its initialisation is reproducible too.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model_seed(f"{source.arch}:{'random' if weights is None else weights}"))
+            model = open_clip.create_model(
+                source.arch, pretrained=weights, require_pretrained=weights is not None, **kwargs
+            )
     return ClipModel(source.name, model, _tokenizer_for(open_clip, source), device, precision)
 
 

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 from geobimors.errors import InputError, warn
 from geobimors.raster.scene import SceneInfo
-from geobimors.units import METRES_PER_DEGREE, Length, parse_length
+from geobimors.units import Length, parse_length
 
 
 @dataclass(frozen=True)
@@ -221,15 +221,43 @@ def metres_per_unit(info: SceneInfo) -> tuple[float, float]:
         )
     if crs.is_geographic:
         col, row = info.width / 2, info.height / 2
-        _, lat = info.transform @ (col, row)
-        lat = max(-89.0, min(89.0, float(lat)))
+        lon, lat = (float(v) for v in info.transform @ (col, row))
+        per_x, per_y = metres_per_degree(crs, lon, lat)
+        if per_x < 1000.0:  # within ~0.5 degrees of a pole, a degree of longitude is almost no ground
+            raise InputError(
+                f"scene {info.name} is centred at latitude {lat:.4f}, too close to a pole to convert ground units "
+                "to degrees; give --chip-size, --overlap and --gsd in pixels, or reproject the scene to a polar "
+                "projection (gdalwarp -t_srs EPSG:3413 or EPSG:3031)"
+            )
         warn(
             f"scene {info.name} is in a geographic CRS: ground units are converted to degrees "
             f"at the scene centre (latitude {lat:.2f}); chips are not square on the ground away from it"
         )
-        return METRES_PER_DEGREE * math.cos(math.radians(lat)), METRES_PER_DEGREE
+        return per_x, per_y
     factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
     return float(factor), float(factor)
+
+
+def metres_per_degree(crs: CRS, lon: float, lat: float) -> tuple[float, float]:
+    """Geodesic metres per degree of longitude and of latitude at (lon, lat), on the CRS's ellipsoid.
+
+    Measured with :class:`pyproj.Geod` over one degree centred on the point (kept
+    inside +-90 degrees of latitude), not with a fixed metres-per-degree figure.
+    """
+    from pyproj import CRS as ProjCRS
+
+    try:
+        geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
+    except Exception:  # a CRS pyproj cannot read: WGS 84's ellipsoid is within 0.5% of any Earth ellipsoid
+        geod = None
+    if geod is None:
+        from pyproj import Geod
+
+        geod = Geod(ellps="WGS84")
+    _, _, along_x = geod.inv(lon - 0.5, lat, lon + 0.5, lat)
+    south, north = max(-90.0, lat - 0.5), min(90.0, lat + 0.5)
+    _, _, along_y = geod.inv(lon, south, lon, north)
+    return float(along_x), float(along_y / (north - south))
 
 
 def build_grid(info: SceneInfo, spec: GridSpec) -> ChipGrid:

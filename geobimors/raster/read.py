@@ -17,6 +17,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geobimors.raster.grid import Chip, ChipGrid
+from geobimors.raster.safety import network_guard
 from geobimors.raster.scaling import ScaleRange, valid_mask
 
 _local = threading.local()
@@ -44,6 +45,8 @@ class ReadSpec:
         scale: scene-level range to 8 bits, or ``None`` to pass 8-bit data through.
         nodata: nodata value overriding the scene's masks, or ``None``.
         min_valid: chips with a smaller fraction of valid pixels are skipped.
+        allow_network: GDAL may use the network while reading (the scene is a
+            URL, or the user allowed a local file's network sources).
     """
 
     path: str
@@ -52,6 +55,7 @@ class ReadSpec:
     scale: ScaleRange | None
     nodata: float | None = None
     min_valid: float = 0.5
+    allow_network: bool = False
 
     @property
     def resampling(self) -> Resampling:
@@ -116,11 +120,12 @@ class ChipReader:
 
     def _fetch(self, window: Window, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Values (bands, H, W) of a window resampled to ``shape``, and its valid mask (H, W)."""
-        ds = thread_dataset(self.spec.path)
-        data = ds.read(
-            self._bands, window=window, out_shape=(len(self._bands), *shape), resampling=self.spec.resampling
-        )
-        return data, valid_mask(ds, data, self._bands, window, shape, self.spec.nodata)
+        with network_guard(self.spec.allow_network):  # VRT sources open lazily, at reads
+            ds = thread_dataset(self.spec.path)
+            data = ds.read(
+                self._bands, window=window, out_shape=(len(self._bands), *shape), resampling=self.spec.resampling
+            )
+            return data, valid_mask(ds, data, self._bands, window, shape, self.spec.nodata)
 
     def read_batch(self, chips: list[Chip]) -> ChipBatch:
         """Read a batch of chips and mark the ones to classify.
@@ -131,11 +136,12 @@ class ChipReader:
         out = np.zeros((len(chips), self.spec.grid.out_height, self.spec.grid.out_width, 3), dtype=np.uint8)
         fractions = np.zeros(len(chips), dtype=np.float32)
         errors: list[str | None] = [None] * len(chips)
-        for i, chip in enumerate(chips):
-            try:
-                out[i], fractions[i] = self.read(chip)
-            except RasterioError as exc:
-                errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
+        with network_guard(self.spec.allow_network):  # once per batch: each chip read then skips it
+            for i, chip in enumerate(chips):
+                try:
+                    out[i], fractions[i] = self.read(chip)
+                except RasterioError as exc:
+                    errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
         keep = (fractions >= self.spec.min_valid) & (fractions > 0)
         return ChipBatch(chips, out, fractions, keep, errors)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from geobimors.errors import InputError, warn
+from geobimors.raster.safety import check_archive, check_local_dataset, check_regular_file, is_user_url, network_guard
 
 _URL_RE = re.compile(r"^(https?|s3|gs|az|ftp)://", re.IGNORECASE)
 
@@ -85,24 +87,39 @@ class SceneInfo:
         return os.path.basename(self.path.rstrip("/")) or self.path
 
 
-def open_scene(path: str | os.PathLike[str], allow_no_crs: bool = False) -> SceneInfo:
+def open_scene(
+    path: str | os.PathLike[str],
+    allow_no_crs: bool = False,
+    allow_network: bool = False,
+    allow_no_geotransform: bool = False,
+) -> SceneInfo:
     """Open a scene and describe it.
+
+    A local scene is inspected before GDAL opens it (see
+    :mod:`geobimors.raster.safety`): it may not make geobimors reach the network
+    unless ``allow_network``, and a VRT's sources must open.
 
     Args:
         path: a local path, a URL (``https://``, ``/vsicurl/...``) or any GDAL
             dataset name (VRT, ...).
         allow_no_crs: accept a scene without a CRS (outputs are then in pixel
             coordinates, with a warning).
+        allow_network: let a local file (a VRT, ...) read sources over the
+            network. A URL given as ``path`` always may.
+        allow_no_geotransform: accept a scene with a CRS but no geotransform
+            (mapped in pixel coordinates, with a warning).
 
     Returns:
         The scene description.
 
     Raises:
         InputError: if the scene is missing, unreadable, not a raster, empty,
-            or has no CRS (unless ``allow_no_crs``).
+            names network sources from a local file, has georeferencing that
+            cannot be right, or has no CRS (unless ``allow_no_crs``).
     """
     text = os.fspath(path)
     target = gdal_path(text)
+    network_ok = allow_network or is_user_url(text)
     if not is_remote(target):
         local = Path(target)
         if not local.exists():
@@ -111,18 +128,24 @@ def open_scene(path: str | os.PathLike[str], allow_no_crs: bool = False) -> Scen
             raise InputError(f"scene {text} is a directory; pass a raster file (GeoTIFF, COG, VRT)")
         if not os.access(local, os.R_OK):
             raise InputError(f"scene {text} is not readable; check its permissions")
+        check_regular_file(local, "scene")  # GDAL would block forever on a FIFO
+        check_local_dataset(target, allow_network=network_ok, scene=text)
+    elif not network_ok:
+        check_archive(target)  # /vsizip/local.zip/...: GDAL's guard still applies to what is inside
     try:
-        with rasterio.open(target) as ds:
+        with network_guard(network_ok), rasterio.open(target) as ds:
             if ds.width == 0 or ds.height == 0 or ds.count == 0:
                 raise InputError(f"scene {text} is empty ({ds.width} x {ds.height} px, {ds.count} bands)")
+            crs, transform = _georeferencing(ds, text, allow_no_crs, allow_no_geotransform)
+            dropped_crs = crs is None and ds.crs is not None  # --allow-no-geotransform: pixel coordinates
             info = SceneInfo(
                 path=target,
                 width=ds.width,
                 height=ds.height,
                 count=ds.count,
                 dtype=ds.dtypes[0],
-                crs=ds.crs,
-                transform=ds.transform,
+                crs=crs,
+                transform=transform,
                 nodata=ds.nodata,
                 colorinterp=tuple(ci.name for ci in ds.colorinterp),
                 overview_factors=tuple(ds.overviews(1)),
@@ -134,7 +157,7 @@ def open_scene(path: str | os.PathLike[str], allow_no_crs: bool = False) -> Scen
                 "or download the file and pass its local path"
             ) from None
         raise InputError(f"{text} is not a raster GDAL can read ({_first_line(exc)})") from None
-    if info.crs is None:
+    if info.crs is None and not dropped_crs:
         if not allow_no_crs:
             raise InputError(
                 f"scene {text} has no CRS, so chips cannot be georeferenced; assign one "
@@ -142,6 +165,55 @@ def open_scene(path: str | os.PathLike[str], allow_no_crs: bool = False) -> Scen
             )
         warn(f"scene {info.name} has no CRS: outputs are in pixel coordinates")
     return info
+
+
+def _georeferencing(
+    ds: rasterio.io.DatasetReader, text: str, allow_no_crs: bool, allow_no_geotransform: bool
+) -> tuple[CRS | None, Affine]:
+    """The scene's CRS and transform, refusing georeferencing that cannot be right.
+
+    Rotated and sheared geotransforms are accepted (chip footprints are the exact
+    rotated windows). GCP-only and RPC-only rasters are refused: warping them
+    is a choice of resampling and target grid the user should make (gdalwarp).
+    """
+    crs, transform = ds.crs, ds.transform
+    gcps, _ = ds.gcps
+    if crs is None and not allow_no_crs:
+        if gcps:
+            raise InputError(
+                f"scene {text} is georeferenced by {len(gcps)} ground control points only; warp it to a grid "
+                f"first: gdalwarp -t_srs EPSG:XXXX {text} warped.tif (or -of VRT warped.vrt), or pass "
+                "--allow-no-crs to map in pixel coordinates"
+            )
+        if ds.rpcs is not None:
+            raise InputError(
+                f"scene {text} is georeferenced by RPCs only; orthorectify it first: gdalwarp -rpc -t_srs "
+                f"EPSG:XXXX {text} warped.tif, or pass --allow-no-crs to map in pixel coordinates"
+            )
+    values = [transform.a, transform.b, transform.c, transform.d, transform.e, transform.f]
+    if not all(math.isfinite(v) for v in values) or transform.determinant == 0:
+        raise InputError(
+            f"scene {text} has a degenerate geotransform {tuple(values)} (zero or infinite pixel size); "
+            "fix it (gdal_edit.py -a_ullr ULX ULY LRX LRY)"
+        )
+    if crs is not None and transform.is_identity:
+        if not allow_no_geotransform:
+            raise InputError(
+                f"scene {text} has a CRS ({crs.to_string()}) but no geotransform, so its pixels have no place "
+                "on the ground; add one (gdal_edit.py -a_ullr ULX ULY LRX LRY) or pass --allow-no-geotransform "
+                "to map in pixel coordinates"
+            )
+        warn(f"scene {os.path.basename(text)} has no geotransform: outputs are in pixel coordinates, without its CRS")
+        return None, transform
+    if crs is not None and crs.is_geographic:
+        xs, ys = zip(*(transform * corner for corner in ((0, 0), (ds.width, 0), (ds.width, ds.height), (0, ds.height))))
+        if min(ys) < -90 or max(ys) > 90 or min(xs) < -360 or max(xs) > 360:
+            raise InputError(
+                f"scene {text} is in a geographic CRS but spans longitudes {min(xs):.6g} to {max(xs):.6g} and "
+                f"latitudes {min(ys):.6g} to {max(ys):.6g} (beyond +-360 / +-90 degrees); its CRS or geotransform "
+                "is wrong: fix them (gdal_edit.py -a_srs / -a_ullr)"
+            )
+    return crs, transform
 
 
 def _first_line(exc: BaseException) -> str:

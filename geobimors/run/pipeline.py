@@ -17,9 +17,10 @@ import pyarrow as pa
 
 from geobimors.errors import GeobimorsError, RunError
 from geobimors.heads.classifier import get_classifier
+from geobimors.labels import short_label
 from geobimors.progress import Progress
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
-from geobimors.run.plan import ScenePlan
+from geobimors.run.plan import ScenePlan, check_output_safety
 from geobimors.run.store import RunLock, RunStore, captions_table, label_columns, result_table
 from geobimors.run.tasks import BatchResult, CaptionResult, caption_batch, classify_batch
 from geobimors.vector.gpkg import FAILED_LAYER, GeoPackageWriter, check_output, failed_to_frame, records_to_frame
@@ -74,11 +75,11 @@ class RunSummary:
         if self.resumed_chips:
             out.append(f"resumed: {self.resumed_chips} chips came from the interrupted earlier run")
         if self.label_counts:
-            width = max(len(name) for name in self.label_counts)
+            width = max(len(short_label(name)) for name in self.label_counts)
             out.append("labels:")
             for name, count in self.label_counts.most_common():
                 share = 100.0 * count / max(self.n_classified, 1)
-                out.append(f"  {name:<{width}}  {count:>7}  {share:5.1f}%")
+                out.append(f"  {short_label(name):<{width}}  {count:>7}  {share:5.1f}%")
         elif total:
             out.append("labels: none (no chip had enough valid pixels; see --min-valid and --nodata)")
         if self.output is not None:
@@ -244,6 +245,7 @@ def map_to_file(
     """
     start = time.monotonic()
     out = check_output(output, overwrite)
+    check_output_safety(out, plan.settings)
     summary = RunSummary(plan, output=out)
     executor = executor or LocalExecutor()
     with RunLock(out):

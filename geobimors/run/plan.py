@@ -12,17 +12,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from geobimors._version import __version__
-from geobimors.errors import InputError
+from geobimors.errors import InputError, warn
 from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import resolve_model_name
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid
 from geobimors.raster.read import ReadSpec
+from geobimors.raster.safety import is_user_url, network_guard
 from geobimors.raster.scaling import scene_scale_range
 from geobimors.raster.scene import SceneInfo, open_scene, select_bands
 
 DEFAULT_MODEL = "mini"
+# Largest grid run without --max-chips: a 45,000 x 45,000 px scene in 32 px chips, or
+# ~100,000 km2 of 10 m imagery in 224 px chips; more is usually a wrong --chip-size or --gsd.
+DEFAULT_MAX_CHIPS = 2_000_000
+# Upsampling a coarse scene by more than this to a model's native GSD is refused unless --gsd is given.
+MAX_DEFAULT_UPSAMPLING = 4.0
+# A chip is one read and one model input: an edge of more pixels than this is a wrong --chip-size
+# (or --gsd); the model resizes every chip to its input size (224 px for most CLIPs) anyway.
+MAX_CHIP_EDGE = 16_384
+# Chips per task and forward pass: beyond this a batch's pixels alone take gigabytes.
+MAX_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,11 @@ class MapSettings:
         head: trained head checkpoint (``None``: zero-shot). Without ``labels``
             the head's training classes are used; without ``model``, its CLIP.
         caption_batch_size: chips per captioning task (captioning is a stage of its own).
+        allow_network: let a local scene file (a VRT, ...) read sources over the
+            network; a URL given as ``scene`` always may.
+        allow_no_geotransform: map a scene with a CRS but no geotransform in
+            pixel coordinates instead of refusing it.
+        max_chips: refuse grids with more chips than this (a mistake, usually).
     """
 
     scene: str
@@ -91,6 +107,9 @@ class MapSettings:
     allow_no_crs: bool = False
     head: str | None = None
     caption_batch_size: int = 16
+    allow_network: bool = False
+    allow_no_geotransform: bool = False
+    max_chips: int = DEFAULT_MAX_CHIPS
 
 
 @dataclass
@@ -210,19 +229,85 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     """
     if not 0.0 <= settings.min_valid <= 1.0:
         raise InputError(f"--min-valid must be between 0 and 1, got {settings.min_valid}")
+    low, high = settings.percentiles
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(f"--percentiles {low:g},{high:g}: expected 0 <= LOW < HIGH <= 100, such as 2,98")
     default_chip, native_gsd = model_defaults(model)
-    scene = open_scene(settings.scene, allow_no_crs=settings.allow_no_crs)
+    if settings.max_chips < 1:
+        raise InputError(f"--max-chips must be at least 1, got {settings.max_chips}")
+    scene = open_scene(
+        settings.scene,
+        allow_no_crs=settings.allow_no_crs,
+        allow_network=settings.allow_network,
+        allow_no_geotransform=settings.allow_no_geotransform,
+    )
+    network_ok = settings.allow_network or is_user_url(settings.scene)
     selection = select_bands(scene, settings.bands)
     chip_size = settings.chip_size if settings.chip_size is not None else (default_chip or 224)
     gsd = settings.gsd
     if gsd is None and not settings.keep_scene_gsd and scene.crs is not None:
         gsd = native_gsd
     grid = build_grid(scene, GridSpec.parse(chip_size, settings.overlap, gsd))
-    scale = scene_scale_range(
-        scene, selection.indexes, settings.percentiles, manual=settings.scale_range, nodata=settings.nodata
+    _check_chip_edge(scene, grid)
+    _check_upsampling(scene, grid, model, chosen_by_user=settings.gsd is not None)
+    _check_chip_count(scene, grid, settings.max_chips)
+    with network_guard(network_ok):
+        scale = scene_scale_range(
+            scene, selection.indexes, settings.percentiles, manual=settings.scale_range, nodata=settings.nodata
+        )
+    read = ReadSpec(
+        scene.path, grid, selection.indexes, scale, settings.nodata, settings.min_valid, allow_network=network_ok
     )
-    read = ReadSpec(scene.path, grid, selection.indexes, scale, settings.nodata, settings.min_valid)
     return scene, grid, read, selection.description
+
+
+def _check_chip_edge(scene: SceneInfo, grid: ChipGrid) -> None:
+    edge = max(grid.chip_width, grid.chip_height, grid.out_width, grid.out_height)
+    if edge > MAX_CHIP_EDGE:
+        raise InputError(
+            f"chips of {grid.chip_width} x {grid.chip_height} scene px (resampled to {grid.out_width} x "
+            f"{grid.out_height}) are larger than {MAX_CHIP_EDGE:,} px; the model sees each chip at its own input "
+            "size (224 px for most CLIPs), so pass a smaller --chip-size (or a coarser --gsd)"
+        )
+
+
+def _check_upsampling(scene: SceneInfo, grid: ChipGrid, model: str, chosen_by_user: bool) -> None:
+    """Refuse (model default GSD) or warn (--gsd given) when chips are enlarged many times."""
+    factor = max(grid.out_width / grid.chip_width, grid.out_height / grid.chip_height)
+    if factor <= MAX_DEFAULT_UPSAMPLING:
+        return
+    what = (
+        f"chips of scene {scene.name} would be upsampled {factor:.3g}x ({grid.chip_width} scene px to "
+        f"{grid.out_width} px, {len(grid):,} chips)"
+    )
+    if chosen_by_user:
+        warn(f"{what} to the --gsd you gave; the model sees no detail the scene does not have")
+        return
+    raise InputError(
+        f"{what} to the native resolution model {model} declares; --gsd sets the ground resolution chips are "
+        "resampled to: pass --gsd scene to classify at the scene's own resolution, or --gsd METRES to "
+        "choose (and accept) the upsampling"
+    )
+
+
+def _check_chip_count(scene: SceneInfo, grid: ChipGrid, max_chips: int) -> None:
+    if len(grid) > max_chips:
+        raise InputError(
+            f"scene {scene.name} ({scene.width:,} x {scene.height:,} px) makes {len(grid):,} chips "
+            f"({grid.n_rows:,} x {grid.n_cols:,}), more than --max-chips {max_chips:,}; check --chip-size and "
+            "--gsd, or raise --max-chips to run it anyway"
+        )
+
+
+def work_estimate(plan: ScenePlan) -> str:
+    """One line on the work a plan implies, printed before a run starts."""
+    grid = plan.grid
+    read_pixels = len(grid) * grid.chip_width * grid.chip_height
+    model_pixels = len(grid) * grid.out_width * grid.out_height
+    return (
+        f"{len(grid):,} chips ({grid.n_rows:,} x {grid.n_cols:,}) in {plan.n_batches:,} batches: "
+        f"{read_pixels / 1e6:,.1f} Mpx read, {model_pixels / 1e6:,.1f} Mpx to the model"
+    )
 
 
 def plan_map(settings: MapSettings) -> ScenePlan:
@@ -235,6 +320,12 @@ def plan_map(settings: MapSettings) -> ScenePlan:
 
     if settings.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    if settings.batch_size > MAX_BATCH_SIZE or settings.caption_batch_size > MAX_BATCH_SIZE:
+        size = max(settings.batch_size, settings.caption_batch_size)
+        raise InputError(
+            f"batch size {size:,} is more than {MAX_BATCH_SIZE:,} chips: a batch's pixels alone would take "
+            "gigabytes; use --batch-size 32 to 512"
+        )
     if settings.top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {settings.top_k}")
     metadata = read_metadata(settings.head) if settings.head else None
@@ -254,6 +345,30 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         if metadata["head"] == "bimors" and captioner and captioner.get("name", "none") != "none":
             plan.captioner = CaptionerSpec(**captioner)
     return plan
+
+
+def check_output_safety(output: str | Path, settings: MapSettings) -> None:
+    """Refuse outputs that would destroy an input or cannot be written next to their sidecar files.
+
+    Raises:
+        OutputError: the output is the scene, labels or head file (also through a
+            link), its name is too long for the sidecar files, or its sidecar
+            store is a symbolic link.
+    """
+    import os
+
+    from geobimors.errors import OutputError
+
+    out = Path(output).expanduser()
+    if len(os.fsencode(out.name)) > 255 - len(".partial") - 16:
+        raise OutputError(f"output file name {out.name[:40]}... is too long ({len(out.name)} characters); shorten it")
+    if out.exists():
+        for what, given in (("scene", settings.scene), ("head checkpoint", settings.head)):
+            if given and Path(given).exists() and os.path.samefile(out, given):
+                raise OutputError(f"output {out} is the input {what}; choose another -o path")
+    sidecar = out.with_name(out.name + ".partial")
+    if sidecar.is_symlink():
+        raise OutputError(f"{sidecar} is a symbolic link; remove it (geobimors keeps unfinished runs there)")
 
 
 def _file_digest(path: str) -> str:

@@ -14,6 +14,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from geobimors._version import __version__
 from geobimors.errors import InputError, RunError
+from geobimors.raster.safety import read_regular_file
 from geobimors.run.tasks import BatchResult
 
 MANIFEST = "manifest.json"
@@ -98,8 +100,8 @@ class RunStore:
             shutil.rmtree(directory)
         if manifest.is_file():
             try:
-                found = json.loads(manifest.read_text()).get("fingerprint")
-            except (OSError, ValueError):
+                found = json.loads(read_regular_file(manifest, "run manifest", 1024 * 1024)).get("fingerprint")
+            except (OSError, ValueError, AttributeError, InputError):
                 found = None
             if found != fingerprint:
                 raise InputError(
@@ -171,38 +173,80 @@ def captions_table(chips: np.ndarray, captions: list[str]) -> pa.Table:
     return pa.table({"chip": pa.array(chips.astype(np.int64)), "caption": pa.array(captions, type=pa.string())})
 
 
+class _StaleLock(Exception):
+    """The lock was won on a lock file that its previous holder had already removed."""
+
+
 class RunLock:
     """An exclusive lock on an output: a second run writing the same file refuses.
 
-    The lock is an ``flock`` on ``OUTPUT.lock``, released by the operating
-    system when the process ends in any way (a ``kill -9`` leaves no stale lock).
+    The lock is a :class:`filelock.FileLock` (``flock`` on Unix, ``LockFileEx`` on
+    Windows) on ``OUTPUT.lock``, released by the operating system when the
+    process ends in any way (a ``kill -9`` leaves no stale lock). The holder
+    writes its pid into the file for the message others print.
+
+    The holder removes the lock file *while it still holds the lock*, and a
+    process that wins the lock checks that the file it locked is still the one
+    at the path (same inode): a process that opened the old file just before it
+    was removed finds it stale and tries again on the new one, so two runs can
+    never both hold the lock.
     """
 
     def __init__(self, output: str | os.PathLike[str]) -> None:
         out = Path(output)
         self.path = out.with_name(out.name + ".lock")
-        self._fd: int | None = None
+        self.output = out
+        self._lock: Any = None
 
-    def __enter__(self) -> RunLock:
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def _on_acquired(self, fd: int) -> None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise InputError(
-                f"another geobimors run (pid {holder}) is writing {self.path.with_suffix('')}; "
-                "wait for it to finish or choose another output"
-            ) from None
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            raise _StaleLock() from None
+        mine = os.fstat(fd)
+        if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
+            raise _StaleLock()
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
+
+    def __enter__(self) -> RunLock:
+        from filelock import FileLock, Timeout
+
+        for _ in range(1000):  # each retry follows a holder that just finished: a few at most
+            lock = FileLock(
+                self.path, timeout=0, thread_local=False, on_acquired=self._on_acquired, preserve_lock_file=True
+            )
+            try:
+                lock.acquire()
+            except _StaleLock:
+                continue
+            except Timeout:
+                raise InputError(
+                    f"another geobimors run (pid {self._holder()}) is writing {self.output}; "
+                    "wait for it to finish or choose another output"
+                ) from None
+            self._lock = lock
+            return self
+        raise RunError(f"could not take the lock {self.path}: it keeps changing; is another program using it?")
+
+    def _holder(self) -> str:
+        """The holder's pid from the lock file (it writes it just after taking the lock: wait a moment)."""
+        import time
+
+        for _ in range(20):
+            try:
+                with open(self.path, "rb") as f:
+                    text = f.read(32).decode(errors="replace").strip()
+            except OSError:
+                text = ""
+            if text.isdigit():
+                return text
+            time.sleep(0.025)
+        return "unknown"
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
+        if self._lock is not None:
+            # Removed while held (see the class docs), then released.
             self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
+            self._lock.release()
+            self._lock = None

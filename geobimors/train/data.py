@@ -73,8 +73,11 @@ def folder_labels(root: Path, labels_file: str | os.PathLike[str] | None = None)
         raise InputError(f"{root} needs at least two class folders (ImageFolder layout: {root}/CLASS/image.jpg)")
     if labels_file is None:
         return folders, [Label(camel_to_words(f), camel_to_words(f)) for f in folders]
+    from geobimors.labels import MAX_LABELS_FILE_BYTES
+    from geobimors.raster.safety import read_regular_file
+
     try:
-        text = Path(labels_file).read_text(encoding="utf-8")
+        text = read_regular_file(labels_file, "labels file", MAX_LABELS_FILE_BYTES).decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read labels file {labels_file}: {exc}") from None
     given = {label.name: label for label in parse_labels(text.splitlines(), f"labels file {labels_file}")}

@@ -6,6 +6,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterRasterLayer,
@@ -34,6 +35,7 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
     OVERLAP = "OVERLAP"
     BANDS = "BANDS"
     DEVICE = "DEVICE"
+    ALLOW_NETWORK = "ALLOW_NETWORK"
     OUTPUT = "OUTPUT"
 
     def name(self):
@@ -90,6 +92,11 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
         )
         self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=DEVICES, defaultValue=0))
         self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.ALLOW_NETWORK, "Let a local file (VRT, ...) read network sources", defaultValue=False
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
         )
 
@@ -118,6 +125,7 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
             overlap=self.parameterAsString(parameters, self.OVERLAP, context) or None,
             bands=self.parameterAsString(parameters, self.BANDS, context) or None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+            allow_network=self.parameterAsBool(parameters, self.ALLOW_NETWORK, context),
         )
         try:
             prefix = configured_prefix()

@@ -50,6 +50,7 @@ class MapRequest:
     device: str = "auto"
     overwrite: bool = True
     regions: bool = False
+    allow_network: bool = False  # let a local file (a VRT, ...) read network sources
     extra: List[str] = field(default_factory=list)
 
 
@@ -107,6 +108,8 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
         args.append("--overwrite")
     if request.regions:
         args.append("--regions")
+    if request.allow_network:
+        args.append("--allow-network")
     return args + list(request.extra)
 
 

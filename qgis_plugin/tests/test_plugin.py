@@ -131,3 +131,8 @@ def test_arguments_never_go_through_a_shell() -> None:
     request = MapRequest(scene="a b; rm -rf x.tif", output="o.gpkg", model="mini", bands="3,2,1")
     args = build_args(request, "labels.txt")
     assert args[:2] == ["map", "a b; rm -rf x.tif"] and "--progress" in args and "jsonl" in args
+
+
+def test_network_reach_is_opt_in() -> None:
+    assert "--allow-network" not in build_args(MapRequest(scene="a.vrt", output="o.gpkg"), None)
+    assert "--allow-network" in build_args(MapRequest(scene="a.vrt", output="o.gpkg", allow_network=True), None)
