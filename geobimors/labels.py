@@ -160,7 +160,7 @@ def read_labels(path: str | Path) -> list[Label]:
         InputError: if the file is missing, unreadable, not UTF-8, or has
             fewer than two or duplicate labels.
     """
-    from geobimors.raster.safety import read_regular_file
+    from geobimors.files import read_regular_file
 
     path = Path(path)
     try:

@@ -34,12 +34,12 @@ from test_hardening import CASES as HARDENING_CASES
 from test_hardening import Case, base, labels, no_files_left, scene
 
 from geobimors.errors import InputError
+from geobimors.files import read_regular_file
 from geobimors.raster.safety import (
     NO_NETWORK_CONFIG,
     is_user_url,
     network_guard,
     network_reference,
-    read_regular_file,
 )
 
 from cli_helpers import run_cli

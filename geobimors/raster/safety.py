@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from geobimors.errors import InputError
+from geobimors.files import describe_mode, describe_size, read_fd
 
 # GDAL's network virtual file systems (each also has a ``_streaming`` variant).
 NETWORK_HANDLERS = (
@@ -213,11 +214,13 @@ def _peek(path: Path, size: int = 4096) -> bytes:
 def _read_capped(path: Path, limit: int, what: str) -> bytes:
     fd = _open_regular(path, f"{what} {path}")
     try:
-        data = _read_fd(fd, limit + 1)
+        data = read_fd(fd, limit + 1)
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise InputError(f"{what} {path} is larger than {_size(limit)}; geobimors refuses descriptions this large")
+        raise InputError(
+            f"{what} {path} is larger than {describe_size(limit)}; geobimors refuses descriptions this large"
+        )
     return data
 
 
@@ -393,91 +396,5 @@ def _open_regular(path: Path, what: str) -> int:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise InputError(f"{what} is {_kind(mode)}, not a regular file; pass a file")
+        raise InputError(f"{what} is {describe_mode(mode)}, not a regular file; pass a file")
     return fd
-
-
-def _read_fd(fd: int, limit: int) -> bytes:
-    chunks = []
-    left = limit
-    while left > 0:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a named pipe (FIFO)"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def _size(n: int) -> str:
-    return f"{n / 1024 / 1024:g} MB" if n >= 1024 * 1024 else f"{n / 1024:g} kB"
-
-
-def check_regular_file(path: str | os.PathLike[str], what: str) -> None:
-    """Check that ``path`` is a regular file (not a directory, FIFO or device), without blocking.
-
-    Raises:
-        FileNotFoundError, PermissionError, IsADirectoryError: as ``open`` would.
-        InputError: for FIFOs, devices and sockets.
-    """
-    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-    finally:
-        os.close(fd)
-    if stat.S_ISDIR(mode):
-        raise IsADirectoryError(21, "Is a directory", os.fspath(path))
-    if not stat.S_ISREG(mode):
-        raise InputError(f"{what} {os.fspath(path)} is {_kind(mode)}, not a regular file; pass a file")
-
-
-def read_regular_file(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
-    """Read a small file (labels, config, list, STAC item): a regular file of at most ``limit`` bytes.
-
-    Args:
-        path: the file.
-        what: what the file is, for messages (``labels file``).
-        limit: largest size accepted, in bytes.
-
-    Returns:
-        The file's bytes.
-
-    Raises:
-        FileNotFoundError, PermissionError, IsADirectoryError: as ``open`` would
-            (callers phrase their own messages).
-        InputError: for FIFOs, devices (``/dev/zero``), sockets, and files
-            larger than ``limit`` (also one that grows while read).
-    """
-    text = os.fspath(path)
-    fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise IsADirectoryError(21, "Is a directory", text)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{what} {text} is {_kind(info.st_mode)}, not a regular file; pass a text file")
-        if info.st_size > limit:
-            raise InputError(
-                f"{what} {text} is {_size(info.st_size)}, more than the {_size(limit)} a {what} may have; "
-                "check that it is the right file"
-            )
-        data = _read_fd(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise InputError(f"{what} {text} grew past {_size(limit)} while it was read; check that it is the right file")
-    return data

@@ -16,7 +16,8 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioIOError
 
 from geobimors.errors import InputError, warn
-from geobimors.raster.safety import check_archive, check_local_dataset, check_regular_file, is_user_url, network_guard
+from geobimors.files import check_regular_file
+from geobimors.raster.safety import check_archive, check_local_dataset, is_user_url, network_guard
 
 _URL_RE = re.compile(r"^(https?|s3|gs|az|ftp)://", re.IGNORECASE)
 

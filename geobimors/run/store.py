@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from geobimors._version import __version__
 from geobimors.errors import InputError, RunError
-from geobimors.raster.safety import read_regular_file
+from geobimors.files import read_regular_file
 from geobimors.run.tasks import BatchResult
 
 MANIFEST = "manifest.json"

@@ -73,8 +73,8 @@ def folder_labels(root: Path, labels_file: str | os.PathLike[str] | None = None)
         raise InputError(f"{root} needs at least two class folders (ImageFolder layout: {root}/CLASS/image.jpg)")
     if labels_file is None:
         return folders, [Label(camel_to_words(f), camel_to_words(f)) for f in folders]
+    from geobimors.files import read_regular_file
     from geobimors.labels import MAX_LABELS_FILE_BYTES
-    from geobimors.raster.safety import read_regular_file
 
     try:
         text = read_regular_file(labels_file, "labels file", MAX_LABELS_FILE_BYTES).decode("utf-8-sig")

@@ -1,0 +1,104 @@
+"""Bounded reads of the small files users hand in: labels, config, list, STAC and manifest files.
+
+Only regular files, up to a size limit, opened without blocking: a labels "file" that is
+``/dev/zero``, a FIFO or a multi-GB file is refused with a one-line message instead of
+growing memory until the kernel stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from geobimors.errors import InputError
+
+
+def read_fd(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes from an open file descriptor."""
+    chunks = []
+    left = limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def describe_mode(mode: int) -> str:
+    """What a non-regular file is, for messages (``a named pipe (FIFO)``)."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def describe_size(n: int) -> str:
+    """A byte count for messages (``4 MB``)."""
+    return f"{n / 1024 / 1024:g} MB" if n >= 1024 * 1024 else f"{n / 1024:g} kB"
+
+
+def check_regular_file(path: str | os.PathLike[str], what: str) -> None:
+    """Check that ``path`` is a regular file (not a directory, FIFO or device), without blocking.
+
+    Raises:
+        FileNotFoundError, PermissionError, IsADirectoryError: as ``open`` would.
+        InputError: for FIFOs, devices and sockets.
+    """
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(21, "Is a directory", os.fspath(path))
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{what} {os.fspath(path)} is {describe_mode(mode)}, not a regular file; pass a file")
+
+
+def read_regular_file(path: str | os.PathLike[str], what: str, limit: int) -> bytes:
+    """Read a small file (labels, config, list, STAC item): a regular file of at most ``limit`` bytes.
+
+    Args:
+        path: the file.
+        what: what the file is, for messages (``labels file``).
+        limit: largest size accepted, in bytes.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        FileNotFoundError, PermissionError, IsADirectoryError: as ``open`` would
+            (callers phrase their own messages).
+        InputError: for FIFOs, devices (``/dev/zero``), sockets, and files
+            larger than ``limit`` (also one that grows while read).
+    """
+    text = os.fspath(path)
+    fd = os.open(text, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, "Is a directory", text)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{what} {text} is {describe_mode(info.st_mode)}, not a regular file; pass a text file")
+        if info.st_size > limit:
+            raise InputError(
+                f"{what} {text} is {describe_size(info.st_size)}, more than the {describe_size(limit)} "
+                f"a {what} may have; check that it is the right file"
+            )
+        data = read_fd(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise InputError(
+            f"{what} {text} grew past {describe_size(limit)} while it was read; check that it is the right file"
+        )
+    return data
