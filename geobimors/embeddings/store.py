@@ -778,7 +778,7 @@ def make_meta(
         overlap=(int(grid.chip_width - grid.stride_x), int(grid.chip_height - grid.stride_y)),
         bands=tuple(int(b) for b in read.bands),
         scaling=scaling,
-        normalisation={k: [float(v) for v in vs] for k, vs in normalisation.items()},
+        normalisation={k: [round(float(v), 6) for v in vs] for k, vs in normalisation.items()},
         grid=grid_metadata(grid),
         scene=str(read.path),
         captioner=captioner,
