@@ -154,6 +154,24 @@ def relabel(path: Path) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def relabel_to_gpkg(path: Path, out: Path) -> dict[str, float]:
+    """``map --from-embeddings`` end to end (labels + styled GeoPackage), in this process."""
+    from geobimors.embeddings.classify import open_relabeller, relabel_to_file
+    from geobimors.labels import labels_from_names
+
+    began = time.perf_counter()
+    relabeller = open_relabeller(path, labels_from_names(LABELS_20), device="cpu")
+    loaded = time.perf_counter()
+    summary = relabel_to_file(relabeller, out, overwrite=True, progress_mode="none")
+    done = time.perf_counter()
+    return {
+        "rows": summary.n_classified,
+        "load_s": loaded - began,
+        "total_s_without_load": done - loaded,
+        "chips_per_s_with_gpkg": summary.n_classified / (done - loaded),
+    }
+
+
 def main() -> None:
     from geobimors.models.clip import load_model
 
@@ -171,14 +189,20 @@ def main() -> None:
                 tmp / f"relabel-{n_side}.parquet", n_side, mini_dim, "float16", "mini", mini.fingerprint
             )
             print(f"wrote {n_side**2} rows in {time.perf_counter() - began:.0f} s", flush=True)
-        relabelled = {str(n**2): relabel(path) for n, path in stores.items()}
-        results["relabel"] = relabelled
-        print(json.dumps(relabelled, indent=1), flush=True)
-        million = relabelled[str(1000**2)]
-        relabel_rate = million["rows"] / million["label_s"]
+        # The machine is shared: interleave the runs and keep the best of two of each.
+        relabel_runs: dict[str, list[dict[str, float]]] = {str(n**2): [] for n in stores}
         mini_size = mini.default_chip_size or 64
-        mini_rate = image_pass_rate("mini", mini_size, 64, 10)
-        vit_rate = vit_b16_rate()
+        mini_rates, vit_rates = [], []
+        for _ in range(2):
+            for n, path in stores.items():
+                relabel_runs[str(n**2)].append(relabel(path))
+            mini_rates.append(image_pass_rate("mini", mini_size, 64, 10))
+            vit_rates.append(vit_b16_rate())
+            print(json.dumps(relabel_runs), mini_rates, vit_rates, flush=True)
+        results["relabel"] = relabel_runs
+        best = min(relabel_runs[str(1000**2)], key=lambda run: run["label_s"])
+        relabel_rate = best["rows"] / best["label_s"]
+        mini_rate, vit_rate = max(mini_rates), max(vit_rates)
         results["rates"] = {
             "relabel_chips_per_s_1M_20_labels": relabel_rate,
             "mini_image_pass_chips_per_s": mini_rate,
@@ -187,7 +211,9 @@ def main() -> None:
             "speedup_vs_mini": relabel_rate / mini_rate,
             "speedup_vs_vit_b16": relabel_rate / vit_rate,
         }
+        results["peak_rss_mb"] = {rows: max(run["max_rss_mb"] for run in runs) for rows, runs in relabel_runs.items()}
         results["store_file_mb_1M_384d_float16"] = stores[1000].stat().st_size / 1e6
+        results["gpkg_end_to_end_100k"] = relabel_to_gpkg(stores[316], tmp / "relabel.gpkg")
     print(json.dumps(results["rates"], indent=1))
     OUT.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -664,7 +664,9 @@ def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
     if p.is_dir():
         raise InputError(f"embeddings store {p} is a directory; give the .parquet file of one scene")
     try:
-        parquet = pq.ParquetFile(p)
+        # pre_buffer=False: pyarrow would otherwise cache every column chunk read so far, so memory
+        # would grow with the store instead of staying at one batch.
+        parquet = pq.ParquetFile(p, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(
             f"{p} is not a readable Parquet file (truncated, still being copied, or another format: "
