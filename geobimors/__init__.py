@@ -9,6 +9,8 @@ The public API (heavy dependencies load on first use):
 * :func:`load_model` / :func:`load_head` -- CLIP models and trained heads (cached per process);
 * :func:`train` / :func:`evaluate` -- few-shot heads and their accuracy;
 * :func:`read_labels` -- read a labels file;
+* :func:`embed` -- embed every chip of a scene once into a GeoParquet store (what ``geobimors embed`` does);
+* :func:`classify_embeddings` -- label a store's chips without reading pixels, get a GeoDataFrame;
 * :func:`search` -- the chips of an embeddings store that best match text or examples.
 """
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import xarray as xr
 
+    from geobimors.embeddings.embed import EmbedSummary
+    from geobimors.embeddings.store import EmbeddingStore
     from geobimors.heads.base import Head
     from geobimors.labels import Label
     from geobimors.models.clip import ClipModel
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = [
     "__version__",
     "classify",
+    "classify_embeddings",
+    "embed",
     "evaluate",
     "load_head",
     "load_model",
@@ -185,3 +191,58 @@ def search(store: str | Path, queries: str | Sequence[str] = (), **options: Any)
     result.frame.attrs["notes"] = list(result.notes)
     result.frame.attrs["method"] = result.method
     return result.frame
+def embed(
+    scene: str | Path,
+    output: str | Path,
+    model: str = "mini",
+    dtype: str = "float16",
+    captions: str | None = None,
+    caption_encoder: str | None = "minilm",
+    overwrite: bool = False,
+    restart: bool = False,
+    progress: str = "bar",
+    **options: Any,
+) -> EmbedSummary:
+    """Embed every valid chip of a scene into a GeoParquet store (what ``geobimors embed`` does).
+
+    Args:
+        scene: path or URL of any GDAL raster.
+        output: the ``.parquet`` store to write (atomically; an interrupted run resumes).
+        model: CLIP model name.
+        dtype: ``float16`` (default) or ``float32`` embeddings.
+        captions: also store each chip's caption by this BLIP-2/BLIP captioner (``None``: no captions).
+        caption_encoder: text encoder of the stored caption embeddings (``None``: captions only).
+        overwrite: replace an existing store.
+        restart: discard an interrupted earlier run instead of resuming it.
+        progress: ``bar``, ``jsonl`` or ``none``.
+        **options: chip options as :class:`geobimors.run.plan.MapSettings` fields
+            (``chip_size``, ``overlap``, ``gsd``, ``bands``, ``batch_size``, ``device``, ...).
+
+    Returns:
+        The run summary (chips embedded, skipped, failed; timing).
+    """
+    from geobimors.embeddings.embed import embed_to_file, plan_embed
+    from geobimors.models.captions import CaptionerSpec
+
+    settings = _settings(str(scene), [], model=model, **options)
+    spec = CaptionerSpec(captions) if captions is not None else None
+    plan = plan_embed(settings, dtype, spec, caption_encoder)
+    return embed_to_file(plan, output, overwrite=overwrite, restart=restart, progress_mode=progress)
+
+
+def classify_embeddings(
+    store: str | Path | EmbeddingStore,
+    labels: Sequence[str | Label] | str | Path = (),
+    head: str | Path | None = None,
+    model: str | None = None,
+    top_k: int = 3,
+    device: str = "auto",
+) -> gpd.GeoDataFrame:
+    """Label the chips of an embeddings store without reading pixels.
+
+    Returns the same columns as :func:`map_scene` (same labels, scores within 1e-4
+    of a map run for a float32 store); see :func:`geobimors.embeddings.classify.classify_embeddings`.
+    """
+    from geobimors.embeddings.classify import classify_embeddings as _classify_embeddings
+
+    return _classify_embeddings(store, labels, head=head, model=model, top_k=top_k, device=device)

@@ -113,6 +113,34 @@ chip_options = _options(
     click.option("--allow-no-crs", is_flag=True, help="Map scenes without a CRS in pixel coordinates."),
 )
 
+dask_options = _options(
+    click.option(
+        "--scheduler",
+        default=None,
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Run on an existing Dask cluster (tcp://HOST:PORT; also DASK_SCHEDULER_ADDRESS).",
+    ),
+    click.option(
+        "--workers",
+        type=int,
+        default=None,
+        help="Start a local Dask cluster of N worker processes.  [default: in-process]",
+    ),
+)
+
+run_options = _options(
+    click.option("--overwrite", is_flag=True, help="Replace the output if it exists."),
+    click.option("--restart", is_flag=True, help="Discard an unfinished earlier run instead of resuming it."),
+    click.option(
+        "--progress",
+        "progress_mode",
+        type=click.Choice(["bar", "jsonl", "none"]),
+        default="bar",
+        show_default=True,
+        help="Progress on stderr: a bar, JSON lines for programs, or none.",
+    ),
+)
+
 captioner_options = _options(
     click.option(
         "--captioner",
@@ -200,7 +228,7 @@ def cli() -> None:
 
 
 @cli.command("map")
-@click.argument("scene")
+@click.argument("scene", required=False)
 @click.option(
     "-l",
     "--labels",
@@ -236,29 +264,35 @@ def cli() -> None:
 )
 @click.option("--top-k", type=int, default=3, show_default=True, help="Best labels kept per chip.")
 @device_options
-@click.option(
-    "--scheduler",
-    default=None,
-    envvar="DASK_SCHEDULER_ADDRESS",
-    help="Run on an existing Dask cluster (tcp://HOST:PORT; also DASK_SCHEDULER_ADDRESS).",
-)
-@click.option(
-    "--workers", type=int, default=None, help="Start a local Dask cluster of N worker processes.  [default: in-process]"
-)
+@dask_options
 @click.option("--regions", is_flag=True, help="Also write a 'regions' layer of adjacent same-label chips merged.")
-@click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
-@click.option("--restart", is_flag=True, help="Discard an unfinished earlier run instead of resuming it.")
 @click.option(
-    "--progress",
-    "progress_mode",
-    type=click.Choice(["bar", "jsonl", "none"]),
-    default="bar",
-    show_default=True,
-    help="Progress on stderr: a bar, JSON lines for programs, or none.",
+    "--embeddings",
+    "embeddings_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the chips' embeddings store (GeoParquet) from the same image pass, for re-labelling "
+    "and search without pixels.",
 )
+@click.option(
+    "--embeddings-dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Number type of the --embeddings store.",
+)
+@click.option(
+    "--from-embeddings",
+    "from_embeddings",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Label the chips of an embeddings store (geobimors embed) instead of a scene: no pixels are read. "
+    "Give no SCENE and no chip options.",
+)
+@run_options
 @common_options
 def map_command(
-    scene: str,
+    scene: str | None,
     labels_path: Path | None,
     output: Path | None,
     model: str | None,
@@ -271,6 +305,9 @@ def map_command(
     scheduler: str | None,
     workers: int | None,
     regions: bool,
+    embeddings_path: Path | None,
+    embeddings_dtype: str,
+    from_embeddings: Path | None,
     overwrite: bool,
     restart: bool,
     progress_mode: str,
@@ -286,6 +323,11 @@ def map_command(
     own windows. With --device cuda, tasks ask for a GPU worker resource
     (`dask worker ... --resources GPU=1`, or dask-cuda's LocalCUDACluster).
     Exit code 1 when some windows could not be read (they are in the 'failed' layer).
+
+    \b
+    Embeddings (no second image pass, no pixels read when re-labelling):
+      geobimors map scene.tif -l labels.txt --embeddings scene.parquet
+      geobimors map --from-embeddings scene.parquet -l other-labels.txt -o other.gpkg
     """
     from geobimors.labels import read_labels
     from geobimors.run.execute import DistributedExecutor, make_executor
@@ -293,8 +335,23 @@ def map_command(
     from geobimors.run.plan import MapSettings, plan_map
     from geobimors.vector.gpkg import check_output
 
+    if from_embeddings is not None:
+        _refuse_pixel_options(click.get_current_context(), scene, embeddings_path)
+        _map_from_embeddings(
+            from_embeddings, labels_path, output, model, head_path, top_k, device, precision, regions, overwrite,
+            progress_mode, quiet,
+        )  # fmt: skip
+        return
+    if scene is None:
+        raise InputError("missing SCENE (a raster to map), or --from-embeddings STORE to label stored embeddings")
     out = output if output is not None else Path(_default_output(scene))
     check_output(out, overwrite)  # fail on the output before any slow work
+    embeddings = None
+    if embeddings_path is not None:
+        from geobimors.embeddings.embed import EmbeddingsRequest
+        from geobimors.embeddings.store import check_store_output
+
+        embeddings = EmbeddingsRequest(check_store_output(embeddings_path, overwrite), embeddings_dtype)
     if labels_path is None and head_path is None:
         raise InputError("missing --labels FILE (one label per line), or a --head whose training classes to use")
     labels = read_labels(labels_path) if labels_path is not None else []
@@ -331,6 +388,7 @@ def map_command(
             progress_mode="none" if quiet else progress_mode,
             executor=executor,
             on_start=announce,
+            embeddings=embeddings,
         )
     finally:
         executor.close()
@@ -685,7 +743,7 @@ def search_command(
     """
     from geobimors.embeddings.search import search
     from geobimors.errors import warn
-    from geobimors.raster.similarity import check_raster_output, grid_transform, write_similarity_raster
+    from geobimors.raster.similarity import check_raster_output, write_similarity_raster
     from geobimors.vector.gpkg import check_output
     from geobimors.vector.hits import write_hits
 
@@ -721,11 +779,10 @@ def search_command(
     if output is not None:
         written.append(write_hits(result.frame, names, output, overwrite=overwrite, metadata=metadata))
     if raster is not None and result.grids is not None:
-        from geobimors.embeddings.store import open_store
-
-        meta = open_store(store).meta
+        assert result.store is not None
+        meta = result.store.meta
         written.append(
-            write_similarity_raster(raster, result.grids, grid_transform(meta.grid), meta.crs, overwrite=overwrite)
+            write_similarity_raster(raster, result.grids, meta.grid_transform, meta.crs, overwrite=overwrite)
         )
     if quiet:
         return
@@ -783,6 +840,181 @@ def index_command(
             f"{summary.bytes / 2**20:.1f} MiB, {summary.seconds:.1f} s"
         )
         click.echo(f"output: {summary.path}")
+
+
+# Options that choose pixels: they were fixed when the store was made, so --from-embeddings refuses them.
+_PIXEL_OPTIONS = (
+    "chip_size", "overlap", "gsd", "bands", "scale_range", "percentiles", "nodata", "min_valid", "allow_no_crs",
+    "batch_size", "caption_batch_size", "scheduler", "workers", "restart", "embeddings_dtype",
+)  # fmt: skip
+
+
+def _refuse_pixel_options(ctx: click.Context, scene: str | None, embeddings_path: Path | None) -> None:
+    if scene is not None:
+        raise InputError(
+            f"--from-embeddings labels a store, not SCENE {scene!r}; drop SCENE, or drop --from-embeddings"
+        )
+    if embeddings_path is not None:
+        raise InputError("--embeddings writes a store from a scene; it cannot be combined with --from-embeddings")
+    for name in _PIXEL_OPTIONS:
+        if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT):
+            option = "--" + name.replace("_", "-")
+            raise InputError(
+                f"{option} does not apply with --from-embeddings: the chips were cut when the store was made; "
+                "re-embed the scene to change them"
+            )
+
+
+def _map_from_embeddings(
+    store_path: Path,
+    labels_path: Path | None,
+    output: Path | None,
+    model: str | None,
+    head_path: Path | None,
+    top_k: int,
+    device: str,
+    precision: str,
+    regions: bool,
+    overwrite: bool,
+    progress_mode: str,
+    quiet: bool,
+) -> None:
+    import time
+
+    from geobimors.embeddings.classify import open_relabeller, relabel_to_file
+    from geobimors.embeddings.store import open_store
+    from geobimors.labels import read_labels
+    from geobimors.vector.gpkg import check_output
+
+    out = output if output is not None else Path(_default_output(str(store_path)))
+    check_output(out, overwrite)
+    if labels_path is None and head_path is None:
+        raise InputError("missing --labels FILE (one label per line), or a --head whose training classes to use")
+    started = time.monotonic()
+    store = open_store(store_path)
+    labels = read_labels(labels_path) if labels_path is not None else []
+    relabeller = open_relabeller(store, labels, head_path, model, top_k, device, precision)
+    summary = relabel_to_file(
+        relabeller,
+        out,
+        overwrite=overwrite,
+        regions=regions,
+        progress_mode="none" if quiet else progress_mode,
+        load_seconds=time.monotonic() - started,
+    )
+    if not quiet and progress_mode != "jsonl":
+        for line in summary.lines():
+            click.echo(line)
+
+
+@cli.command("embed")
+@click.argument("scene")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Embeddings store (GeoParquet).  [default: SCENE_NAME.embeddings.parquet in the current directory]",
+)
+@click.option("-m", "--model", default="mini", show_default=True, help=MODEL_HELP)
+@chip_options
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Chips per task and forward pass.")
+@device_options
+@dask_options
+@click.option(
+    "--dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="Number type of the stored embeddings (float16 halves the file; top-1 labels agree >= 99.5%).",
+)
+@click.option(
+    "--captions",
+    "captioner",
+    is_flag=False,
+    flag_value="Salesforce/blip-image-captioning-base",
+    default=None,
+    help="Also store each chip's caption made by CAPTIONER (BLIP-2 or BLIP id or folder; "
+    "bare --captions: Salesforce/blip-image-captioning-base) and its caption-encoder embedding.",
+)
+@click.option(
+    "--caption-encoder",
+    default="minilm",
+    show_default=True,
+    help="Text encoder of the stored caption embeddings ('none': captions only).",
+)
+@click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit.")
+@click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions.")
+@run_options
+@common_options
+def embed_command(
+    scene: str,
+    output: Path | None,
+    model: str,
+    batch_size: int,
+    device: str,
+    precision: str,
+    scheduler: str | None,
+    workers: int | None,
+    dtype: str,
+    captioner: str | None,
+    caption_encoder: str,
+    max_new_tokens: int,
+    num_beams: int,
+    overwrite: bool,
+    restart: bool,
+    progress_mode: str,
+    quiet: bool,
+    debug: bool,
+    **chip: Any,
+) -> None:
+    """Embed every chip of SCENE once into a GeoParquet store, to label and search without pixels.
+
+    Chips are cut exactly as `geobimors map` cuts them with the same options. The
+    store is GeoParquet 1.1 (geopandas, DuckDB, GDAL, lonboard open it); an
+    interrupted run resumes when the same command runs again.
+
+    \b
+    Examples:
+      geobimors embed scene.tif -o scene.parquet
+      geobimors map --from-embeddings scene.parquet -l labels.txt -o labels.gpkg
+    """
+    from geobimors.embeddings.embed import embed_to_file, plan_embed
+    from geobimors.embeddings.store import check_store_output
+    from geobimors.run.execute import make_executor
+    from geobimors.run.plan import MapSettings
+
+    out = (
+        output if output is not None else Path(_default_output(scene).replace(".geobimors.gpkg", ".embeddings.parquet"))
+    )
+    check_store_output(out, overwrite)  # fail on the output before any slow work
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    spec = _captioner_spec(captioner, max_new_tokens, num_beams) if captioner is not None else None
+    settings = MapSettings(
+        scene=scene, model=model, batch_size=batch_size, device=device, precision=precision, **_chip_settings(chip)
+    )
+    plan = plan_embed(settings, dtype, spec, None if caption_encoder.lower() == "none" else caption_encoder)
+    executor = make_executor(scheduler, workers, gpu=device == "cuda")
+    try:
+        summary = embed_to_file(
+            plan, out, overwrite=overwrite, restart=restart, progress_mode="none" if quiet else progress_mode,
+            executor=executor,
+        )  # fmt: skip
+    finally:
+        executor.close()
+    if not quiet and progress_mode != "jsonl":
+        from geobimors.embeddings.store import open_store
+
+        for line in summary.lines(open_store(out).meta):
+            click.echo(line)
+    if summary.n_failed:
+        click.echo(
+            f"Warning: {summary.n_failed} chips could not be read (first at {summary.first_failure}); the store "
+            "has every other chip",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _default_output(scene: str) -> str:

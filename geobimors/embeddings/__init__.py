@@ -1,1 +1,6 @@
-"""The persisted features stage: chip embeddings in GeoParquet, and what is answered from them."""
+"""The persisted features stage: raster -> chips -> features (the embeddings store) -> labels/search -> vectors.
+
+* :mod:`geobimors.embeddings.store` -- the GeoParquet file format, its writer and reader;
+* :mod:`geobimors.embeddings.embed` -- ``geobimors embed`` and ``map --embeddings`` (the only step reading pixels);
+* :mod:`geobimors.embeddings.classify` -- re-labelling from the store (``map --from-embeddings``).
+"""

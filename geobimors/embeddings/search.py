@@ -83,6 +83,7 @@ class SearchResult:
         notes: one-line remarks for the user (stale index, empty area, ...).
         grids: per query, a (n_rows, n_cols) float32 score grid of the chip grid (NaN: no chip),
             when asked for.
+        store: the store searched.
     """
 
     frame: gpd.GeoDataFrame
@@ -91,6 +92,7 @@ class SearchResult:
     method: str
     notes: list[str] = field(default_factory=list)
     grids: dict[str, np.ndarray] | None = None
+    store: EmbeddingStore | None = None
 
 
 def check_query_text(text: str) -> str:
@@ -233,11 +235,8 @@ def _area_mask(batch: pa.RecordBatch, area: Any) -> np.ndarray:
 
 def store_extent(store: EmbeddingStore) -> tuple[float, float, float, float] | None:
     """The store's bounding box from its GeoParquet metadata (None when absent)."""
-    import json
-
-    metadata = pq.ParquetFile(store.path).schema_arrow.metadata or {}
     try:
-        geo = json.loads(metadata[b"geo"])
+        geo = store.geo
         bbox = geo["columns"][geo.get("primary_column", "geometry")]["bbox"]
         return (float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3]))
     except (KeyError, ValueError, TypeError, IndexError):
@@ -473,9 +472,9 @@ def exact_search(
 def take_rows(store: EmbeddingStore, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
     """Rows at the given positions (file order), reading only the row groups that hold them."""
     file = pq.ParquetFile(store.path)
-    names = [c for c in columns if c in file.schema_arrow.names]
+    names = [c for c in columns if c in store.columns]
     if len(positions) == 0:
-        return file.schema_arrow.empty_table().select(names)
+        return store.schema.empty_table().select(names)
     starts = np.cumsum([0] + [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)])
     unique = np.unique(positions)
     groups = np.unique(np.searchsorted(starts, unique, side="right") - 1)
@@ -600,7 +599,7 @@ def search_store(
         notes.append(f"no chip scores {min_score} or more: no hits; lower --min-score")
     frame = hits_frame(store, queries, results)
     named_grids = {q.name: grid_values[i] for i, q in enumerate(queries)} if grid_values is not None else None
-    return SearchResult(frame, list(queries), searched, method, notes, named_grids)
+    return SearchResult(frame, list(queries), searched, method, notes, named_grids, store)
 
 
 def search(
@@ -700,12 +699,9 @@ def caption_query_vectors(store: EmbeddingStore, texts: Sequence[str], device: A
     from geobimors.errors import warn
     from geobimors.models.caption_encoder import OFFLINE_DEFAULT, load_caption_encoder
 
-    names = pq.ParquetFile(store.path).schema_arrow.names
-    if "caption_embedding" not in names:
-        warn(f"{store.path} has no captions (embed with --captions); searching by image similarity only")
+    if not store.meta.has_caption_embeddings or "caption_embedding" not in store.columns:
+        warn(f"{store.path} has no caption embeddings (embed with --captions); searching by image similarity only")
         return None
-    raw = getattr(store.meta, "raw", None) or {}
-    encoder_name = str(getattr(store.meta, "caption_encoder", None) or raw.get("caption_encoder") or OFFLINE_DEFAULT)
-    encoder = load_caption_encoder(encoder_name, device)
+    encoder = load_caption_encoder(str(store.meta.caption_model or OFFLINE_DEFAULT), device)
     vectors = encoder.encode(list(texts)).cpu().numpy().astype(np.float32)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -55,6 +55,30 @@ class Head(torch.nn.Module):
         with torch.no_grad():
             return self(images, self.encode_captions(captions))
 
+    def logits_from_embeddings(
+        self, image_features: torch.Tensor, caption_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class logits (N, C) from pooled, L2-normalised image features (an embeddings store).
+
+        Heads that need only what the store holds (pooled image features, caption
+        embeddings) implement this; :func:`works_from_embeddings` tells which do.
+        """
+        raise NotImplementedError(f"the {self.kind} head cannot classify from stored embeddings")
+
+    def logits_and_features(
+        self, images: torch.Tensor, captions: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (N, C) and pooled image features (N, E) from one image pass.
+
+        ``map --embeddings`` stores the features of the very pass that labels the chips.
+        """
+        caption_features = self.encode_captions(captions)
+        with torch.no_grad():
+            if works_from_embeddings(self):
+                features = self.clip.encode_images(images)
+                return self.logits_from_embeddings(features, caption_features), features
+        raise NotImplementedError(f"the {self.kind} head does not return its image features")
+
     def config(self) -> dict[str, Any]:
         """Construction settings saved with the head's weights."""
         return {}
@@ -62,3 +86,8 @@ class Head(torch.nn.Module):
     def trainable_parameter_count(self) -> int:
         """Number of parameters training updates."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def works_from_embeddings(head: Head) -> bool:
+    """True when ``head`` classifies from stored pooled embeddings (implements :meth:`Head.logits_from_embeddings`)."""
+    return type(head).logits_from_embeddings is not Head.logits_from_embeddings

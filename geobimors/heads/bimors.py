@@ -104,10 +104,23 @@ class BiMoRSHead(PromptHead):
 
     def forward(self, images: torch.Tensor, caption_features: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (N, C)."""
-        image_features, tokens = self.clip.encode_images_with_tokens(images)
+        return self._logits(*self.clip.encode_images_with_tokens(images), caption_features)
+
+    def _logits(
+        self, image_features: torch.Tensor, tokens: torch.Tensor, caption_features: torch.Tensor | None
+    ) -> torch.Tensor:
         context = self.context(tokens, caption_features)
         text = self.text_encoder.encode_prompts(self.prompts, context)  # (B, C, E)
         return self.clip.logit_scale * torch.einsum("be,bce->bc", image_features, text)
+
+    def logits_and_features(
+        self, images: torch.Tensor, captions: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled image features from one image pass (the visual tokens are not kept)."""
+        caption_features = self.encode_captions(captions)
+        with torch.no_grad():
+            image_features, tokens = self.clip.encode_images_with_tokens(images)
+            return self._logits(image_features, tokens, caption_features), image_features
 
     @staticmethod
     def parameter_formula(n_ctx: int, ctx_dim: int, visual_width: int, caption_dim: int, empty: bool) -> int:

@@ -104,6 +104,18 @@ class Classifier:
             logits = self.head.logits(images, texts)
             return logits.float().softmax(dim=-1).cpu(), texts
 
+    def classify_with_features(
+        self, chips: np.ndarray, captions: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, list[str] | None, torch.Tensor]:
+        """Like :meth:`classify`, plus the pooled image features (N, E) of the same image pass, on CPU."""
+        if len(chips) == 0:
+            probs, texts = self.classify(chips, captions)
+            return probs, texts, torch.zeros((0, 0))
+        with self._lock, torch.no_grad():
+            texts = self._caption(chips, captions) if self.writes_captions else None
+            logits, features = self.head.logits_and_features(self.clip.preprocess(chips), texts)
+            return logits.float().softmax(dim=-1).cpu(), texts, features.float().cpu()
+
     def probabilities(self, chips: np.ndarray) -> torch.Tensor:
         """Class probabilities (N, C) float32 on CPU for (N, H, W, 3) uint8 chips."""
         return self.classify(chips)[0]

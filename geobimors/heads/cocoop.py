@@ -32,7 +32,13 @@ class CoCoOpHead(PromptHead):
 
     def forward(self, images: torch.Tensor, caption_features: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (N, C)."""
-        image_features = self.clip.encode_images(images)
+        return self.logits_from_embeddings(self.clip.encode_images(images))
+
+    def logits_from_embeddings(
+        self, image_features: torch.Tensor, caption_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (N, C) of pooled, L2-normalised image features (the meta-net reads only those)."""
+        image_features = image_features.to(self.ctx.device, torch.float32)
         context = self.ctx[None] + self.meta_net(image_features)[:, None]  # (B, n_ctx, D)
         text = self.text_encoder.encode_prompts(self.prompts, context)  # (B, C, E)
         return self.clip.logit_scale * torch.einsum("be,bce->bc", image_features, text)

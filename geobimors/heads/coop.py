@@ -17,8 +17,14 @@ class CoOpHead(PromptHead):
 
     def forward(self, images: torch.Tensor, caption_features: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (N, C)."""
-        image_features = self.clip.encode_images(images)
-        return self.clip.logit_scale * image_features @ self.shared_text_features().T
+        return self.logits_from_embeddings(self.clip.encode_images(images))
+
+    def logits_from_embeddings(
+        self, image_features: torch.Tensor, caption_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (N, C) of pooled, L2-normalised image features."""
+        text = self.shared_text_features()
+        return self.clip.logit_scale * image_features.to(text.device, torch.float32) @ text.T
 
     @staticmethod
     def parameter_formula(n_ctx: int, ctx_dim: int) -> int:

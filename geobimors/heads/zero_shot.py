@@ -49,8 +49,14 @@ class ZeroShotHead(Head):
 
     def forward(self, images: torch.Tensor, caption_features: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled cosine similarities (N, C) between images and class text features."""
-        image_features = self.clip.encode_images(images)
-        return self.clip.logit_scale * image_features @ self.class_features.T
+        return self.logits_from_embeddings(self.clip.encode_images(images))
+
+    def logits_from_embeddings(
+        self, image_features: torch.Tensor, caption_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Scaled cosine similarities (N, C) of pooled, L2-normalised image features."""
+        features = image_features.to(self.class_features.device, torch.float32)
+        return self.clip.logit_scale * features @ self.class_features.T
 
     def config(self) -> dict[str, object]:
         """The prompt templates."""

@@ -13,7 +13,7 @@ from affine import Affine
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as rio_copy
 
-from geobimors.errors import InputError, OutputError, RunError
+from geobimors.errors import OutputError, RunError
 
 
 def check_raster_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
@@ -27,14 +27,6 @@ def check_raster_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
     if out.exists() and not overwrite:
         raise OutputError(f"--raster {out} already exists; pass --overwrite to replace it")
     return out
-
-
-def grid_transform(grid: Mapping[str, Any]) -> Affine:
-    """Transform of one cell per chip (chip step) from a store's ``grid`` metadata."""
-    values = grid.get("transform")
-    if values is None:
-        raise InputError("the store's metadata has no chip-grid transform; it cannot be rasterised")
-    return Affine(*[float(v) for v in list(values)[:6]])
 
 
 def write_similarity_raster(

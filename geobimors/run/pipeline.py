@@ -5,6 +5,8 @@ scene -> plan -> batches executed by Dask -> records (sidecar store) -> GeoPacka
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -15,6 +17,8 @@ from pathlib import Path
 import geopandas as gpd
 import pyarrow as pa
 
+from geobimors.embeddings.embed import EMBEDDING_PARTS, EmbeddingsRequest, assemble_store, batch_rows, map_store_meta
+from geobimors.embeddings.store import check_store_output
 from geobimors.errors import GeobimorsError, RunError
 from geobimors.heads.classifier import get_classifier
 from geobimors.progress import Progress
@@ -121,13 +125,15 @@ def _caption_stage(
     return captions
 
 
-def _tasks(plan: ScenePlan, skip: set[int], captions: dict[int, str] | None) -> Iterator[tuple[object, ...]]:
+def _tasks(
+    plan: ScenePlan, skip: set[int], captions: dict[int, str] | None, with_embeddings: bool = False
+) -> Iterator[tuple[object, ...]]:
     for index in range(plan.n_batches):
         if index in skip:
             continue
         batch = plan.batch(index)
         mine = {i: captions[i] for i in range(batch.start, batch.stop) if i in captions} if captions else None
-        yield (plan.read, plan.classifier, batch, plan.top_k, mine)
+        yield (plan.read, plan.classifier, batch, plan.top_k, mine, with_embeddings)
 
 
 def execute_plan(
@@ -137,6 +143,7 @@ def execute_plan(
     executor: Executor | None = None,
     progress: Progress | None = None,
     captions: dict[int, str] | None = None,
+    with_embeddings: bool = False,
 ) -> None:
     """Run every batch of a plan (except ``skip``) and hand each result to ``on_result``.
 
@@ -147,12 +154,13 @@ def execute_plan(
         executor: where tasks run (in-process Dask by default).
         progress: counts chips.
         captions: captions from the captioning stage, by chip index.
+        with_embeddings: tasks also return the pooled image embeddings of their chips.
 
     Raises:
         GeobimorsError: when a task fails; the message names the chip window.
     """
     executor = executor or LocalExecutor()
-    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), captions)):
+    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), captions, with_embeddings)):
         if outcome.error is not None:
             raise _task_error(plan, outcome, 2)
         result: BatchResult = outcome.result
@@ -169,18 +177,29 @@ def _classify_all(
     skip: set[int] | None = None,
     captions: dict[int, str] | None = None,
     initial: int = 0,
+    on_result: Callable[[BatchResult], None] | None = None,
 ) -> Progress:
-    """Classify every batch (except ``skip``) with a progress bar; hand each batch's records to ``on_table``."""
+    """Classify every batch (except ``skip``) with a progress bar; hand each batch's records to ``on_table``.
+
+    With ``on_result``, tasks also return their chips' embeddings, and each result goes to it first.
+    """
     names = plan.classifier.class_names
+
+    def handle(result: BatchResult) -> None:
+        if on_result is not None:
+            on_result(result)
+        on_table(result_table(result, names, plan.top_k), result.batch.index)
+
     progress = Progress(plan.n_chips, progress_mode, initial=initial)
     try:
         execute_plan(
             plan,
-            lambda result: on_table(result_table(result, names, plan.top_k), result.batch.index),
+            handle,
             skip=skip,
             executor=executor,
             progress=progress,
             captions=captions,
+            with_embeddings=on_result is not None,
         )
     finally:
         progress.close()
@@ -221,6 +240,7 @@ def map_to_file(
     progress_mode: str = "bar",
     executor: Executor | None = None,
     on_start: Callable[[Executor], None] | None = None,
+    embeddings: EmbeddingsRequest | None = None,
 ) -> RunSummary:
     """Run a plan and write the labeled chips to a GeoPackage.
 
@@ -238,18 +258,26 @@ def map_to_file(
         progress_mode: ``bar``, ``jsonl`` or ``none``.
         executor: where tasks run (in-process Dask by default).
         on_start: called with the executor once the model is loaded (e.g. to print the dashboard link).
+        embeddings: also write the chips' embeddings store (GeoParquet) from the same image pass.
 
     Returns:
         The run summary.
     """
     start = time.monotonic()
     out = check_output(output, overwrite)
+    store_out = check_store_output(embeddings.path, overwrite) if embeddings is not None else None
     summary = RunSummary(plan, output=out)
     executor = executor or LocalExecutor()
-    with RunLock(out):
-        if isinstance(executor, LocalExecutor):
+    with RunLock(out), RunLock(store_out) if store_out is not None else contextlib.nullcontext():
+        meta = None
+        if isinstance(executor, LocalExecutor) or embeddings is not None:
             loading = time.monotonic()
-            get_classifier(plan.classifier)  # a bad model fails before a store is created
+            local = plan.classifier
+            if not isinstance(executor, LocalExecutor):
+                local = dataclasses.replace(local, device="cpu")  # only for the store's metadata
+            classifier = get_classifier(local)  # a bad model fails before a store is created
+            if embeddings is not None:
+                meta = map_store_meta(plan, classifier.clip)
             summary.load_seconds = time.monotonic() - loading
         store = RunStore.open(out, plan.fingerprint(), restart=restart)
         if on_start is not None:
@@ -265,8 +293,11 @@ def map_to_file(
                 progress_mode,
             )
         done = store.done()
+        if meta is not None:
+            done &= store.done(EMBEDDING_PARTS)  # batches stored without their embeddings run again
         summary.resumed_chips = sum(plan.batch(i).stop - plan.batch(i).start for i in done)
         class_names = plan.classifier.class_names
+        store_meta = meta
         progress = _classify_all(
             plan,
             executor,
@@ -275,16 +306,28 @@ def map_to_file(
             skip=done,
             captions=captions,
             initial=summary.resumed_chips,
+            on_result=(
+                (lambda r: store.write(r.batch.index, batch_rows(store_meta, r), EMBEDDING_PARTS))
+                if store_meta is not None
+                else None
+            ),
         )
+        if embeddings is not None and store_out is not None and meta is not None:
+            assemble_store(store, store_out, dataclasses.replace(meta, dtype=embeddings.dtype), overwrite)
         columns = _output_columns(plan)
         extra = _extra_columns(plan)
         transform, crs = plan.scene.transform, plan.scene.crs
-        with GeoPackageWriter(out, overwrite, plan.describe()) as writer:
-            for table in _chunks(store.tables()):
-                _count(summary, table)
-                writer.append(records_to_frame(table, transform, crs, columns, extra))
-                writer.append(failed_to_frame(table, transform, crs), FAILED_LAYER)
-            writer.finish(class_names, regions=regions)
+        try:
+            with GeoPackageWriter(out, overwrite, plan.describe()) as writer:
+                for table in _chunks(store.tables()):
+                    _count(summary, table)
+                    writer.append(records_to_frame(table, transform, crs, columns, extra))
+                    writer.append(failed_to_frame(table, transform, crs), FAILED_LAYER)
+                writer.finish(class_names, regions=regions)
+        except BaseException:
+            if store_out is not None:
+                store_out.unlink(missing_ok=True)  # both outputs or neither (the run store keeps the work)
+            raise
         store.remove()
     summary.elapsed = time.monotonic() - start
     progress.event("done", output=str(out), failed=summary.n_failed)

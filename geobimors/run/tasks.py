@@ -31,6 +31,9 @@ class BatchResult:
         classified: (N,) True for chips that were classified.
         top_index: (M, k) label indexes of the k best labels of each classified chip.
         top_score: (M, k) their probabilities.
+        captions: (M) captions of the classified chips (heads with a captioner).
+        errors: (N) read error per chip (``None`` when every chip was read).
+        embeddings: (M, E) pooled image features of the classified chips (``map --embeddings``).
     """
 
     batch: Batch
@@ -43,6 +46,7 @@ class BatchResult:
     top_score: np.ndarray
     captions: list[str] | None = None
     errors: list[str | None] | None = None
+    embeddings: np.ndarray | None = None
 
     @property
     def failed(self) -> np.ndarray:
@@ -63,6 +67,7 @@ def classify_batch(
     batch: Batch,
     top_k: int,
     captions: dict[int, str] | None = None,
+    with_embeddings: bool = False,
 ) -> BatchResult:
     """Read a batch of chips from the scene and classify the valid ones.
 
@@ -72,6 +77,7 @@ def classify_batch(
         batch: the range of chips.
         top_k: number of best labels to return per chip.
         captions: captions from the captioning stage, by linear chip index.
+        with_embeddings: also return the pooled image features of the same pass.
 
     Returns:
         The batch result.
@@ -80,7 +86,12 @@ def classify_batch(
     pixels = ChipReader(read).read_batch(chips)
     kept = batch.start + np.flatnonzero(pixels.keep)
     given = [captions.get(int(i)) for i in kept] if captions is not None else None
-    probs, texts = get_classifier(classifier).classify(pixels.pixels[pixels.keep], given)
+    embeddings = None
+    if with_embeddings:
+        probs, texts, features = get_classifier(classifier).classify_with_features(pixels.pixels[pixels.keep], given)
+        embeddings = features.numpy()
+    else:
+        probs, texts = get_classifier(classifier).classify(pixels.pixels[pixels.keep], given)
     k = min(top_k, probs.shape[1])
     top = torch.topk(probs, k, dim=1) if len(probs) else None
     return BatchResult(
@@ -94,6 +105,7 @@ def classify_batch(
         top_score=top.values.numpy().astype(np.float32) if top is not None else np.zeros((0, k), np.float32),
         captions=texts,
         errors=pixels.errors if any(e is not None for e in pixels.errors) else None,
+        embeddings=embeddings,
     )
 
 
