@@ -191,6 +191,8 @@ def search(store: str | Path, queries: str | Sequence[str] = (), **options: Any)
     result.frame.attrs["notes"] = list(result.notes)
     result.frame.attrs["method"] = result.method
     return result.frame
+
+
 def embed(
     scene: str | Path,
     output: str | Path,

@@ -200,7 +200,6 @@ def parse_within(value: str | Path | Any, crs: Any) -> Any:
         from pyproj import CRS as ProjCRS
         from pyproj import Transformer
         from pyproj.exceptions import CRSError
-        from shapely.ops import transform
 
         try:
             source = ProjCRS.from_user_input(box_crs)
@@ -209,7 +208,8 @@ def parse_within(value: str | Path | Any, crs: Any) -> Any:
         if crs is not None:
             to_store = Transformer.from_crs(source, ProjCRS.from_user_input(crs.to_wkt()), always_xy=True)
             # Densified so a lon/lat box keeps its curved edges in a projected CRS.
-            area = transform(to_store.transform, area.segmentize(max(numbers[2] - numbers[0], 1e-9) / 32))
+            dense = area.segmentize(max(numbers[2] - numbers[0], 1e-9) / 32)
+            area = shapely.transform(dense, lambda xy: np.column_stack(to_store.transform(xy[:, 0], xy[:, 1])))
     return area
 
 
@@ -258,7 +258,7 @@ def embed_image_files(clip: ClipModel, paths: Sequence[Path]) -> np.ndarray:
 
     vectors = []
     for path in paths:
-        pixels = _read_image(path, None)
+        pixels = np.array(_read_image(path, None))  # a writable copy for torch
         vectors.append(clip.encode_images(clip.preprocess(pixels[None])).cpu().numpy()[0])
     return np.asarray(vectors, dtype=np.float32)
 
