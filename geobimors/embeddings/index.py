@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 INDEX_SUFFIX = ".index"
 FORMAT_VERSION = 1
 LIBRARY = "faiss"
+_LOADED: dict[str, tuple[tuple[str, int, str], Any]] = {}
 
 
 def index_paths(store_path: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -108,6 +109,10 @@ def open_index(store: EmbeddingStore, nprobe: int | None = None) -> tuple[Embedd
         return None, f"index {index_path} has no readable {meta_path.name}; exact search ({rebuild})"
     if settings.get("store") != store_fingerprint(store.path, store.n_rows):
         return None, f"index {index_path} is stale (the store changed after it was built); exact search ({rebuild})"
+    key = (str(index_path), index_path.stat().st_mtime_ns, json.dumps(settings["store"], sort_keys=True))
+    cached = _LOADED.get(key[0])
+    if cached is not None and cached[0] == key:
+        return EmbeddingIndex(LIBRARY, cached[1], int(nprobe or settings.get("nprobe", 8)), settings), None
     try:
         import faiss
 
@@ -116,6 +121,7 @@ def open_index(store: EmbeddingStore, nprobe: int | None = None) -> tuple[Embedd
         return None, "index present but faiss is not installed (pip install faiss-cpu); exact search"
     except RuntimeError as exc:
         return None, f"index {index_path} cannot be read ({str(exc).splitlines()[0][:120]}); exact search ({rebuild})"
+    _LOADED[key[0]] = (key, index)  # one loaded index per file: later searches in this process skip the load
     return EmbeddingIndex(LIBRARY, index, int(nprobe or settings.get("nprobe", 8)), settings), None
 
 
