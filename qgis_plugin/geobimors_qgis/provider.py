@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
@@ -15,7 +16,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .runner import EnvironmentProblem, MapRequest, run_map
+from .runner import EmbedRequest, EnvironmentProblem, MapRequest, run_embed, run_map
 from .settings import configured_prefix
 
 ICON = os.path.join(os.path.dirname(__file__), "icon.png")
@@ -134,6 +135,104 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: output}
 
 
+class EmbedSceneAlgorithm(QgsProcessingAlgorithm):
+    """Embed every chip of a raster once into a GeoParquet store (geobimors embed)."""
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    CHIP_SIZE = "CHIP_SIZE"
+    OVERLAP = "OVERLAP"
+    BANDS = "BANDS"
+    DTYPE = "DTYPE"
+    CAPTIONER = "CAPTIONER"
+    DEVICE = "DEVICE"
+    OUTPUT = "OUTPUT"
+    DTYPES = ("float16", "float32")
+
+    def name(self):
+        return "embedscene"
+
+    def displayName(self):
+        return "Embed scene (geobimors)"
+
+    def group(self):
+        return "Embeddings"
+
+    def groupId(self):
+        return "embeddings"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def shortHelpString(self):
+        return (
+            "Cuts the raster into chips exactly as 'Map scene' does and stores every chip's image embedding "
+            "once in a GeoParquet file (one row per chip: footprint, grid position, embedding; optionally "
+            "its caption). Labelling with new labels and searching then work from the file without reading "
+            "pixels again ('geobimors map --from-embeddings', 'geobimors search').\n\n"
+            "Model: 'mini' (bundled, offline), an open_clip name such as ViT-B-16:openai, or a checkpoint. "
+            "Chip size and overlap: pixels (224) or ground units (640m). Captioner: a BLIP or BLIP-2 "
+            "checkpoint to store captions too (slow on CPU).\n\n"
+            "The geobimors command line runs in the environment set in the geobimors panel's settings."
+        )
+
+    def createInstance(self):
+        return EmbedSceneAlgorithm()
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model", defaultValue="", optional=True))
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.CHIP_SIZE, "Chip size (px or ground units)", defaultValue="", optional=True
+            )
+        )
+        self.addParameter(QgsProcessingParameterString(self.OVERLAP, "Overlap", defaultValue="0", optional=True))
+        self.addParameter(
+            QgsProcessingParameterString(self.BANDS, "Bands R,G,B (1-based)", defaultValue="", optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(self.DTYPE, "Embedding number type", options=list(self.DTYPES), defaultValue=0)
+        )
+        self.addParameter(QgsProcessingParameterString(self.CAPTIONER, "Captioner (empty: no captions)", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(self.DEVICE, "Device", options=DEVICES, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT, "Embeddings store", fileFilter="GeoParquet (*.parquet)")
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):
+        raster = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if raster is None:
+            raise QgsProcessingException("no raster layer given")
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not output.lower().endswith(".parquet"):
+            output = os.path.splitext(output)[0] + ".parquet"
+        request = EmbedRequest(
+            scene=raster.source(),
+            output=output,
+            model=self.parameterAsString(parameters, self.MODEL, context) or None,
+            chip_size=self.parameterAsString(parameters, self.CHIP_SIZE, context) or None,
+            overlap=self.parameterAsString(parameters, self.OVERLAP, context) or None,
+            bands=self.parameterAsString(parameters, self.BANDS, context) or None,
+            dtype=self.DTYPES[self.parameterAsEnum(parameters, self.DTYPE, context)],
+            captioner=self.parameterAsString(parameters, self.CAPTIONER, context) or None,
+            device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+        )
+        try:
+            prefix = configured_prefix()
+        except EnvironmentProblem as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo("running: " + " ".join([*prefix, "embed", request.scene, "-o", request.output]))
+        result = run_embed(prefix, request, feedback.setProgress, feedback.isCanceled)
+        for warning in result.warnings:
+            feedback.reportError(warning, fatalError=False)
+        if result.cancelled:
+            raise QgsProcessingException("cancelled; run again to resume from the finished batches")
+        if result.error is not None and not os.path.exists(output):
+            raise QgsProcessingException(result.error)
+        return {self.OUTPUT: output}
+
+
 class GeobimorsProvider(QgsProcessingProvider):
     """The geobimors Processing provider."""
 
@@ -148,6 +247,7 @@ class GeobimorsProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self):
         self.addAlgorithm(MapSceneAlgorithm())
+        self.addAlgorithm(EmbedSceneAlgorithm())
 
     def supportedOutputVectorLayerExtensions(self):
         return ["gpkg"]

@@ -110,6 +110,51 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
     return args + list(request.extra)
 
 
+@dataclass
+class EmbedRequest:
+    """The options of one ``geobimors embed`` run."""
+
+    scene: str
+    output: str
+    model: Optional[str] = None
+    chip_size: Optional[str] = None
+    overlap: Optional[str] = None
+    bands: Optional[str] = None
+    dtype: str = "float16"
+    captioner: Optional[str] = None
+    device: str = "auto"
+    overwrite: bool = True
+    extra: List[str] = field(default_factory=list)
+
+
+def build_embed_args(request: EmbedRequest) -> List[str]:
+    """Arguments of ``geobimors embed`` for a request (a list: never through a shell)."""
+    args = ["embed", request.scene, "-o", request.output, "--progress", "jsonl", "--device", request.device]
+    args += ["--dtype", request.dtype]
+    for option, value in (
+        ("--model", request.model),
+        ("--chip-size", request.chip_size),
+        ("--overlap", request.overlap),
+        ("--bands", request.bands),
+        ("--captions", request.captioner),
+    ):
+        if value not in (None, ""):
+            args += [option, str(value)]
+    if request.overwrite:
+        args.append("--overwrite")
+    return args + list(request.extra)
+
+
+def run_embed(
+    prefix: List[str],
+    request: EmbedRequest,
+    on_progress: Callable[[float], None] = lambda fraction: None,
+    is_cancelled: Callable[[], bool] = lambda: False,
+) -> RunResult:
+    """Run ``geobimors embed``; report progress (0..100); stop it when cancelled (a re-run resumes)."""
+    return run_command(prefix, build_embed_args(request), request.output, on_progress, is_cancelled)
+
+
 def write_labels(labels: Iterable[str]) -> str:
     """Write labels to a temporary UTF-8 labels file; return its path."""
     handle, path = tempfile.mkstemp(prefix="geobimors-labels-", suffix=".txt")
@@ -147,8 +192,23 @@ def run_map(
     if labels_path is None and request.labels:
         labels_path = temporary = write_labels(request.labels)
     try:
+        return run_command(prefix, build_args(request, labels_path), request.output, on_progress, is_cancelled)
+    finally:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+
+
+def run_command(
+    prefix: List[str],
+    args: List[str],
+    output: str,
+    on_progress: Callable[[float], None] = lambda fraction: None,
+    is_cancelled: Callable[[], bool] = lambda: False,
+) -> RunResult:
+    """Run a geobimors command with ``--progress jsonl``; collect its progress, warnings and one-line error."""
+    try:
         process = subprocess.Popen(
-            prefix + build_args(request, labels_path),
+            prefix + args,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -157,7 +217,7 @@ def run_map(
         )
     except OSError as exc:
         raise EnvironmentProblem(f"could not start {prefix[0]} ({exc}); " + INSTALL_HINT) from None
-    result = RunResult(request.output, returncode=-1)
+    result = RunResult(output, returncode=-1)
     stop = threading.Event()
 
     def watch_cancel() -> None:
@@ -194,8 +254,6 @@ def run_map(
     finally:
         stop.set()
         watcher.join(timeout=1)
-        if temporary:
-            Path(temporary).unlink(missing_ok=True)
     result.returncode = process.returncode
     if result.returncode != 0 and not result.cancelled and result.error is None:
         result.error = f"geobimors stopped with exit code {result.returncode}"
