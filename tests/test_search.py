@@ -274,3 +274,46 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], store_path: Path, tiny_mo
     kept = run_cli(capsys, "search", store_path, "forest", "-o", tmp_path / "n.gpkg", "--raster", tmp_path / "h.tif")
     assert_one_line_error(kept, 2, "already exists")
     assert (tmp_path / "h.tif").read_bytes() == b"keep" and not (tmp_path / "n.gpkg").exists()
+
+
+def test_caption_weight_blends_caption_similarity(tiny_model: str, tmp_path: Path) -> None:
+    import torch
+
+    from geobimors.models.caption_encoder import load_caption_encoder
+
+    scene = open_scene(str(make_geotiff(tmp_path / "c.tif", random_rgb(32, 64))))
+    grid = build_grid(scene, GridSpec.parse(16, 0))
+    clip = load_model(tiny_model)
+    read = ReadSpec(scene.path, grid, (1, 2, 3), None, None, 0.5)
+    meta = make_meta(
+        read, tiny_model, clip.fingerprint, 32, {}, captioner="human", caption_model="minilm", caption_dim=384
+    )
+    chips = list(grid.chips())
+    captions = ["a parking lot", "a dense forest", "a lake", "houses", "a river", "a field", "a road", "sand"]
+    encoder = load_caption_encoder("minilm", torch.device("cpu"))
+    caption_emb = encoder.encode(captions).numpy()
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(chips), 32))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    rows, cols = np.array([c.row for c in chips]), np.array([c.col for c in chips])
+    table = chips_table(meta, rows, cols, grid.footprint_windows(chips), np.ones(8), emb, captions, caption_emb)
+    store = write_store(tmp_path / "c.parquet", meta, [table])
+    image_only = search(store, "woodland trees", k=8)
+    blended = search(store, "woodland trees", k=8, caption_weight=0.5)
+    caption_only = search(store, "woodland trees", k=8, caption_weight=1.0)
+    assert caption_only.frame["caption"].iloc[0] == "a dense forest"  # the caption says what the query says
+    query = encoder.encode(["woodland trees"]).numpy()[0]
+    unit = caption_emb.astype(np.float16).astype(np.float32)
+    cosine = unit @ query / np.linalg.norm(unit, axis=1) / np.linalg.norm(query)
+    by_caption = dict(zip(captions, cosine))
+    got = caption_only.frame.set_index("caption")["score"]
+    np.testing.assert_allclose(got[captions].to_numpy(), cosine, atol=1e-3)
+    image_score = image_only.frame.set_index("caption")["score"]
+    mixed = blended.frame.set_index("caption")["score"]
+    np.testing.assert_allclose(
+        mixed[captions].to_numpy(),
+        0.5 * image_score[captions].to_numpy() + 0.5 * np.array([by_caption[c] for c in captions]),
+        atol=1e-3,
+    )
+    with pytest.raises(InputError, match="between 0 and 1"):
+        search(store, "forest", caption_weight=2)
