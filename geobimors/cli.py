@@ -708,6 +708,12 @@ def evaluate_command(
 @click.option("-m", "--model", default=None, help="The store's model (default: the one it records).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--exact", is_flag=True, help="Ignore an index sidecar and search exactly.")
+@click.option(
+    "--nprobe",
+    type=int,
+    default=None,
+    help="Index cells scanned per query (more: higher recall, slower).  [default: the index's, a quarter of its cells]",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
 @common_options
 def search_command(
@@ -726,6 +732,7 @@ def search_command(
     model: str | None,
     device: str,
     exact: bool,
+    nprobe: int | None,
     overwrite: bool,
     quiet: bool,
     debug: bool,
@@ -770,6 +777,7 @@ def search_command(
         model=model,
         device=device,
         use_index=not exact,
+        nprobe=nprobe,
     )
     for note in result.notes:
         warn(note)
@@ -817,7 +825,9 @@ def _read_queries_file(path: Path) -> list[str]:
 @cli.command("index")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--nlist", type=int, default=None, help="Inverted-file cells.  [default: about sqrt(rows)]")
-@click.option("--nprobe", type=int, default=None, help="Cells scanned per query.  [default: nlist / 16, at least 8]")
+@click.option(
+    "--nprobe", type=int, default=None, help="Cells scanned per query by default.  [default: nlist / 4, at least 8]"
+)
 @click.option("--overwrite", is_flag=True, help="Rebuild an existing index.")
 @common_options
 def index_command(

@@ -536,6 +536,7 @@ def search_store(
     caption_vectors: np.ndarray | None = None,
     grids: bool = False,
     use_index: bool = True,
+    nprobe: int | None = None,
 ) -> SearchResult:
     """Run queries against a store (the index when present, fresh and applicable, else exactly).
 
@@ -549,6 +550,7 @@ def search_store(
         caption_vectors: (Q, E) caption-encoder vectors of the query texts.
         grids: also compute score grids on the chip grid (for a similarity raster).
         use_index: use an index sidecar when one is present and fresh.
+        nprobe: index cells scanned per query (default: the one stored with the index).
     """
     from geobimors.embeddings.index import open_index
 
@@ -560,7 +562,7 @@ def search_store(
             f"query vectors have {vectors.shape[1]} dimensions but {store.path} stores {store.meta.embedding_dim}; "
             "search with the store's own model"
         )
-    index, index_note = open_index(store) if use_index else (None, None)
+    index, index_note = open_index(store, nprobe) if use_index else (None, None)
     if index_note:
         notes.append(index_note)
     blocking = [
@@ -617,6 +619,7 @@ def search(
     model: str | None = None,
     device: str = "auto",
     use_index: bool = True,
+    nprobe: int | None = None,
 ) -> SearchResult:
     """Search a store by text and/or examples (see the module docs for the rules).
 
@@ -635,6 +638,7 @@ def search(
             with other weights is refused.
         device: where the model runs (text queries and image examples only).
         use_index: use a fresh index sidecar for whole-store queries.
+        nprobe: index cells scanned per query (more: higher recall, slower).
 
     Returns:
         The hits and how they were found.
@@ -644,6 +648,8 @@ def search(
     opened = store if isinstance(store, EmbeddingStore) else open_store(store)
     texts = [check_query_text(q) for q in ([queries] if isinstance(queries, str) else list(queries))]
     check_k(k)
+    if nprobe is not None and nprobe < 1:
+        raise InputError(f"--nprobe must be at least 1, got {nprobe}")
     if not texts and not like:
         raise InputError('nothing to search for: give a text query ("solar farm") or --like examples')
     if not 0.0 <= caption_weight <= 1.0:
@@ -681,6 +687,7 @@ def search(
         caption_vectors=caption_vectors,
         grids=raster,
         use_index=use_index,
+        nprobe=nprobe,
     )
 
 
