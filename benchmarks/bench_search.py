@@ -271,6 +271,24 @@ def compare_libraries(rows: int, dim: int = 512, n_queries: int = 100, k: int = 
     return out
 
 
+def exact_memory(rows: int, dim: int, batch: int) -> dict[str, Any]:
+    """Peak RSS of a fresh process that runs one exact search (run once per store and batch size)."""
+    import resource
+
+    store = open_store(synthetic_store(rows, dim))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    query = np.random.default_rng(0).standard_normal((1, dim)).astype(np.float32)
+    start = time.perf_counter()
+    exact_search(store, query, 100, batch_size=batch)
+    return {
+        "rows": rows,
+        "batch": batch,
+        "seconds": time.perf_counter() - start,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mb": before,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -278,11 +296,14 @@ def main() -> None:
     parser.add_argument("--exact-queries", type=int, default=10)
     parser.add_argument("--index-queries", type=int, default=100)
     parser.add_argument("--spread", type=float, default=SPREAD, help="Noise around the cluster centres.")
+    parser.add_argument("--memory", type=int, default=None, help="Peak RSS of one exact search at this batch size.")
     parser.add_argument("--compare", type=int, default=None, help="Compare libraries at this many rows instead.")
     args = parser.parse_args()
     report = json.loads(OUT.read_text()) if OUT.exists() else {}
     report["machine"] = {**machine(), "note": "2-core AMD EPYC shared with other jobs, 24 GB, no GPU"}
-    if args.compare:
+    if args.memory:
+        report.setdefault("exact_memory", []).append(exact_memory(args.rows, args.dim, args.memory))
+    elif args.compare:
         report[f"compare_{args.compare}x{args.dim}"] = compare_libraries(args.compare, args.dim)
     else:
         key = f"store_{args.rows}x{args.dim}" + ("" if args.spread == SPREAD else f"_spread{args.spread:g}")

@@ -4,9 +4,9 @@ The index is a faiss ``IndexIVFScalarQuantizer`` with fp16 codes and inner-produ
 an inverted file of ``nlist`` k-means cells, each query scanning the ``nprobe`` nearest cells.
 fp16 codes hold a float16 store's vectors exactly, so the scores of the hits it returns are the
 exact cosine similarities; only the candidate set is approximate. Why this and not HNSW
-(usearch, faiss HNSW): measured in docs/search.md -- on this project's CPU machine an HNSW
-graph of 1M 512-d rows takes the better part of an hour to build, an IVF index about a minute,
-and both answer in milliseconds at recall@100 >= 0.95.
+(usearch, faiss HNSW): measured in docs/search.md -- on this project's shared 2-core machine an
+HNSW graph took about 250 s for 100k 512-d rows (most of an hour for 1M), the IVF index 4-5 minutes
+for 1M, and both answer in milliseconds; IVF's recall is tuned after the build with ``nprobe``.
 
 Files: ``STORE.index`` (faiss binary) and ``STORE.index.json`` (settings and the store's
 fingerprint). Both are written to temporary names and renamed into place. The index is used
