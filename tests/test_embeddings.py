@@ -228,6 +228,10 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], tiny_model: str, rgb_scen
     bad = run_cli(capsys, "embed", rgb_scene, "-m", str(tmp_path / "no-model"), "-o", tmp_path / "bad.parquet")
     assert bad.exit_code == 2 and "Traceback" not in bad.err
     assert not (tmp_path / "o.gpkg").exists()
+    captioner = run_cli(
+        capsys, "embed", rgb_scene, *chip, "--captions", tmp_path / "no-captioner", "-o", tmp_path / "bad.parquet"
+    )
+    assert captioner.exit_code == 2 and "Traceback" not in captioner.err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad.parquet") or p.name.startswith(".bad")]
     # map --embeddings refuses an existing store before any work.
     refused = run_cli(capsys, "map", rgb_scene, "-l", labels, *chip, "-o", tmp_path / "m.gpkg", "--embeddings", store)

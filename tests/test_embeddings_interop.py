@@ -12,10 +12,9 @@ import pyogrio
 import pytest
 import shapely
 from rasterio.crs import CRS
+from test_embeddings_store import _meta, _table
 
 from geobimors.embeddings.store import open_store, write_store
-
-from test_embeddings_store import _meta, _table
 
 
 @pytest.fixture()

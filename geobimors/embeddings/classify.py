@@ -33,7 +33,7 @@ from geobimors.run.plan import Batch
 from geobimors.run.store import RunLock, label_columns, result_table
 from geobimors.run.tasks import BatchResult
 
-DEFAULT_BATCH_ROWS = 65_536
+DEFAULT_BATCH_ROWS = 16_384  # one row group: memory holds one at a time
 
 
 @dataclass

@@ -76,6 +76,8 @@ class Embedder:
             from geobimors.models.caption_encoder import load_caption_encoder
 
             self.encoder = load_caption_encoder(spec.caption_encoder, self.clip.device)
+        # Loaded now, so that a captioner that cannot load fails before any work is stored.
+        self.captioner = load_captioner(spec.captioner, spec.device, spec.precision) if spec.captioner else None
         self._lock = threading.Lock()
 
     def embed(self, chips: np.ndarray) -> tuple[np.ndarray, list[str] | None, np.ndarray | None]:
@@ -84,9 +86,8 @@ class Embedder:
             features = self.clip.encode_images(self.clip.preprocess(chips)).float().cpu().numpy()
             captions = None
             caption_features = None
-            if self.spec.captioner is not None:
-                captioner = load_captioner(self.spec.captioner, self.spec.device, self.spec.precision)
-                captions = captioner.caption(chips) if len(chips) else []
+            if self.captioner is not None:
+                captions = self.captioner.caption(chips) if len(chips) else []
                 if self.encoder is not None:
                     caption_features = self.encoder.encode(captions).float().cpu().numpy().reshape(len(chips), -1)
             return features, captions, caption_features
@@ -404,6 +405,10 @@ def embed_to_file(
                 store.write(result.batch.index, result_rows(meta, result), PART_KIND)
                 _note_failures(summary, result)
                 progress.update(len(result.rows))
+        except GeobimorsError:
+            if not store.done(PART_KIND):
+                store.remove()  # nothing to resume: leave nothing behind
+            raise
         finally:
             progress.close()
         summary.n_embedded = assemble_store(store, out, replace(meta, dtype=plan.dtype), overwrite)

@@ -670,7 +670,9 @@ def open_store(path: str | os.PathLike[str]) -> EmbeddingStore:
     if p.is_dir():
         raise InputError(f"embeddings store {p} is a directory; give the .parquet file of one scene")
     try:
-        parquet = pq.ParquetFile(p)
+        # pre_buffer=False: pyarrow would otherwise cache every column chunk read so far, so memory
+        # would grow with the store instead of staying at one batch.
+        parquet = pq.ParquetFile(p, pre_buffer=False)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(
             f"{p} is not a readable Parquet file (truncated, still being copied, or another format: "
@@ -784,7 +786,7 @@ def make_meta(
         overlap=(int(grid.chip_width - grid.stride_x), int(grid.chip_height - grid.stride_y)),
         bands=tuple(int(b) for b in read.bands),
         scaling=scaling,
-        normalisation={k: [float(v) for v in vs] for k, vs in normalisation.items()},
+        normalisation={k: [round(float(v), 6) for v in vs] for k, vs in normalisation.items()},
         grid=grid_metadata(grid),
         scene=str(read.path),
         captioner=captioner,
