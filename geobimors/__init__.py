@@ -10,7 +10,8 @@ The public API (heavy dependencies load on first use):
 * :func:`train` / :func:`evaluate` -- few-shot heads and their accuracy;
 * :func:`read_labels` -- read a labels file;
 * :func:`embed` -- embed every chip of a scene once into a GeoParquet store (what ``geobimors embed`` does);
-* :func:`classify_embeddings` -- label a store's chips without reading pixels, get a GeoDataFrame.
+* :func:`classify_embeddings` -- label a store's chips without reading pixels, get a GeoDataFrame;
+* :func:`search` -- the chips of an embeddings store that best match text or examples.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "map_scene",
     "map_to_gpkg",
     "read_labels",
+    "search",
     "train",
 ]
 
@@ -190,6 +192,29 @@ def read_labels(path: str | Path) -> list[Label]:
     from geobimors.labels import read_labels as _read
 
     return _read(path)
+
+
+def search(store: str | Path, queries: str | Sequence[str] = (), **options: Any) -> gpd.GeoDataFrame:
+    """The chips of an embeddings store that best match text queries or examples.
+
+    Args:
+        store: a GeoParquet embeddings store (``geobimors embed``).
+        queries: text queries ("solar farm"), one or several.
+        **options: ``like``, ``unlike``, ``unlike_weight``, ``k`` (100), ``within`` (vector file,
+            shapely geometry or ``"XMIN,YMIN,XMAX,YMAX[@CRS]"``), ``min_score``, ``caption_weight``,
+            ``model``, ``device``, ``use_index`` (see :func:`geobimors.embeddings.search.search`).
+
+    Returns:
+        One polygon per hit in the store's CRS: ``rank``, ``score``, ``query``, ``chip_id``,
+        ``row``, ``col`` and ``caption`` (when stored); ``frame.attrs["notes"]`` holds remarks
+        such as an empty ``within`` area or a stale index.
+    """
+    from geobimors.embeddings.search import search as _search
+
+    result = _search(store, queries, **options)
+    result.frame.attrs["notes"] = list(result.notes)
+    result.frame.attrs["method"] = result.method
+    return result.frame
 
 
 def embed(

@@ -777,6 +777,203 @@ def _evaluate_retrieval(
         click.echo(f"mR {report['mR']:.2f}")
 
 
+# ---------------------------------------------------------------------------- search / index
+
+
+@cli.command("search")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("queries", nargs=-1)
+@click.option("-k", "--top-k", "k", type=int, default=100, show_default=True, help="Hits per query.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=None, help="GeoPackage of the hits (layer 'hits')."
+)
+@click.option(
+    "--raster",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write a similarity COG: one score per chip cell, one band per query (exact search).",
+)
+@click.option(
+    "--queries",
+    "queries_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A file of text queries, one per line (with or instead of QUERIES).",
+)
+@click.option(
+    "--like",
+    multiple=True,
+    help="Positive example: a chip id, an image file, or a point/polygon file over the scene (repeatable).",
+)
+@click.option("--unlike", multiple=True, help="Negative example, same kinds as --like (repeatable).")
+@click.option(
+    "--unlike-weight",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Weight w of the negatives: q = normalise(mean(like) - w * mean(unlike)).",
+)
+@click.option(
+    "--within",
+    default=None,
+    help="Only chips overlapping an area: a vector file, or XMIN,YMIN,XMAX,YMAX in the store's CRS "
+    "(append @EPSG:4326 for lon/lat).",
+)
+@click.option("--min-score", type=float, default=None, help="Drop hits scoring below this cosine similarity.")
+@click.option(
+    "--caption-weight",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Blend the similarity of stored captions to the query text into the score (0..1; stores with captions).",
+)
+@click.option("-m", "--model", default=None, help="The store's model (default: the one it records).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--exact", is_flag=True, help="Ignore an index sidecar and search exactly.")
+@click.option(
+    "--nprobe",
+    type=int,
+    default=None,
+    help="Index cells scanned per query (more: higher recall, slower).  [default: the index's, a quarter of its cells]",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the outputs if they exist.")
+@common_options
+def search_command(
+    store: Path,
+    queries: tuple[str, ...],
+    k: int,
+    output: Path | None,
+    raster: Path | None,
+    queries_file: Path | None,
+    like: tuple[str, ...],
+    unlike: tuple[str, ...],
+    unlike_weight: float,
+    within: str | None,
+    min_score: float | None,
+    caption_weight: float,
+    model: str | None,
+    device: str,
+    exact: bool,
+    nprobe: int | None,
+    overwrite: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Find the chips of an embeddings STORE that best match text QUERIES or examples.
+
+    \b
+    Examples:
+      geobimors search scene.parquet "solar farm" "airport" -k 50 -o hits.gpkg
+      geobimors search scene.parquet --like 3f2a9c0d11b7e4a5 --like clicks.gpkg --unlike water.gpkg
+      geobimors search scene.parquet "harbour" --within 8.5,53.4,8.7,53.6@EPSG:4326 --raster heat.tif
+
+    Without -o the best hits are listed. Text queries use the prompt-template ensemble of
+    `geobimors map`; --like/--unlike examples combine as normalise(mean(like) - w * mean(unlike)).
+    """
+    from geobimors.embeddings.search import search
+    from geobimors.errors import warn
+    from geobimors.raster.similarity import check_raster_output, write_similarity_raster
+    from geobimors.vector.gpkg import check_output
+    from geobimors.vector.hits import write_hits
+
+    if output is not None:
+        check_output(output, overwrite)
+    if raster is not None:
+        check_raster_output(raster, overwrite)
+    texts = list(queries)
+    if queries_file is not None:
+        texts += _read_queries_file(queries_file)
+    if not texts and not like:
+        raise InputError('nothing to search for: give a text query ("solar farm"), --queries FILE or --like examples')
+    result = search(
+        store,
+        texts,
+        like=like,
+        unlike=unlike,
+        unlike_weight=unlike_weight,
+        k=k,
+        within=within,
+        min_score=min_score,
+        caption_weight=caption_weight,
+        raster=raster is not None,
+        model=model,
+        device=device,
+        use_index=not exact,
+        nprobe=nprobe,
+    )
+    for note in result.notes:
+        warn(note)
+    names = [q.name for q in result.queries]
+    metadata = {"geobimors_version": __version__, "store": str(store), "queries": json.dumps(names), "k": str(k)}
+    written = []
+    if output is not None:
+        written.append(write_hits(result.frame, names, output, overwrite=overwrite, metadata=metadata))
+    if raster is not None and result.grids is not None:
+        assert result.store is not None
+        meta = result.store.meta
+        written.append(
+            write_similarity_raster(raster, result.grids, meta.grid_transform, meta.crs, overwrite=overwrite)
+        )
+    if quiet:
+        return
+    frame = result.frame
+    click.echo(f"searched {result.n_rows:,} chips ({result.method}); {len(frame)} hits")
+    for name in names:
+        rows = frame[frame["query"] == name]
+        best = f", best {rows['score'].iloc[0]:.4f}" if len(rows) else ""
+        click.echo(f"  {_short(name)}: {len(rows)} hits{best}")
+        if output is None:
+            for row in rows.head(10).itertuples():
+                click.echo(f"    {row.rank:>3}  {row.score:.4f}  {row.chip_id}  row {row.row} col {row.col}")
+    for path in written:
+        click.echo(f"output: {path}")
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _read_queries_file(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read --queries file {path}: {exc}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(f"--queries file {path} has no queries (one per line)")
+    return lines
+
+
+@cli.command("index")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--nlist", type=int, default=None, help="Inverted-file cells.  [default: about sqrt(rows)]")
+@click.option(
+    "--nprobe", type=int, default=None, help="Cells scanned per query by default.  [default: nlist / 4, at least 8]"
+)
+@click.option("--overwrite", is_flag=True, help="Rebuild an existing index.")
+@common_options
+def index_command(
+    store: Path, nlist: int | None, nprobe: int | None, overwrite: bool, quiet: bool, debug: bool
+) -> None:
+    """Build an approximate nearest-neighbour index beside an embeddings STORE (STORE.index).
+
+    `geobimors search` uses it for whole-store queries while it matches the store (a store
+    rewritten after indexing makes it stale: search then notes it and searches exactly).
+    """
+    from geobimors.embeddings.index import build_index
+    from geobimors.embeddings.store import open_store
+
+    if (nlist is not None and nlist < 1) or (nprobe is not None and nprobe < 1):
+        raise InputError("--nlist and --nprobe must be at least 1")
+    summary = build_index(open_store(store), overwrite=overwrite, nlist=nlist, nprobe=nprobe)
+    if not quiet:
+        click.echo(
+            f"index: {summary.n_rows:,} rows, {summary.nlist} cells, nprobe {summary.nprobe}, "
+            f"{summary.bytes / 2**20:.1f} MiB, {summary.seconds:.1f} s"
+        )
+        click.echo(f"output: {summary.path}")
+
+
 # Options that choose pixels: they were fixed when the store was made, so --from-embeddings refuses them.
 _PIXEL_OPTIONS = (
     "chip_size", "overlap", "gsd", "bands", "scale_range", "percentiles", "nodata", "min_valid", "allow_no_crs",

@@ -114,7 +114,7 @@ def test_float16_store_agrees_with_map_on_a_real_scene(capsys: pytest.CaptureFix
     scene = SHARED_DATA / "scenes" / "cogeo.tif"
     if not scene.exists():
         pytest.skip("../shared/data/scenes/cogeo.tif is not available")
-    from geobimors.models.mini.train import PLAIN_CLASS_NAMES
+    from geobimors.models.mini.classes import PLAIN_CLASS_NAMES
 
     labels = tmp_path / "eurosat.txt"
     labels.write_text("\n".join(PLAIN_CLASS_NAMES) + "\n")

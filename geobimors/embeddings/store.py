@@ -570,7 +570,13 @@ class EmbeddingStore:
                     f"embeddings store {self.path} has no column {missing[0]!r} (it has {', '.join(self.schema.names)})"
                 )
         try:
-            yield from self._file.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+            # One reader per row group: a single reader over the whole file keeps memory that grows
+            # with the file (0.39 GB at 100k rows, 1.27 GB at 1M, measured); per row group it stays
+            # at about 0.3 GB for both (docs/search.md).
+            for group in range(self._file.num_row_groups):
+                yield from self._file.iter_batches(
+                    batch_size=batch_size, row_groups=[group], columns=list(columns) if columns else None
+                )
         except (OSError, pa.ArrowException) as exc:
             raise InputError(
                 f"embeddings store {self.path} is damaged ({_first_line(exc)}); re-create it with geobimors embed"

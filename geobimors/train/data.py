@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from geobimors.errors import InputError
 from geobimors.labels import Label, camel_to_words, parse_labels
-from geobimors.raster.images import IMAGE_SUFFIXES
+from geobimors.raster.images import IMAGE_SUFFIXES, read_rgb
 
 
 @dataclass
@@ -87,18 +86,6 @@ def folder_labels(root: Path, labels_file: str | os.PathLike[str] | None = None)
             f"labels file {labels_file} has no 'FolderName: prompt text' line for {', '.join(missing[:5])}"
         )
     return folders, [Label(camel_to_words(f), given[f].prompt) for f in folders]
-
-
-def read_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB, resized to ``size`` (width, height) when given."""
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            if size is not None and rgb.size != size:
-                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(rgb)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
 
 
 def load_image_folder(

@@ -1,11 +1,15 @@
-"""Image-text retrieval, measured as the remote-sensing retrieval papers measure it.
+"""Retrieval, measured as the remote-sensing retrieval papers measure it.
 
-The protocol of the UCM-Captions / RSICD / RSITMD tables (AMFMN, GaLR, PE-RSITR,
-RemoteCLIP): every test image and every one of its captions are embedded; each
-image ranks all test captions (image->text, a hit at k when *any* of its own
-captions is among the k best) and each caption ranks all test images
-(text->image, a hit when its image is among the k best). R@1/5/10 both ways are
-reported in percent, and mR is the mean of the six.
+Class-level retrieval (:func:`class_retrieval_metrics`): each class prompt is a query and the
+images of that class are relevant (mAP, R@K, P@K); used by the retrieval-quality benchmark of
+``geobimors search``. Ranking is by descending score; ties keep the items' original order.
+
+Image-text retrieval (:func:`retrieval_recalls`, :func:`evaluate_retrieval`) follows the protocol of
+the UCM-Captions / RSICD / RSITMD tables (AMFMN, GaLR, PE-RSITR, RemoteCLIP): every test image and
+every one of its captions are embedded; each image ranks all test captions (image->text, a hit at k
+when *any* of its own captions is among the k best) and each caption ranks all test images
+(text->image, a hit when its image is among the k best). R@1/5/10 both ways are reported in percent,
+and mR is the mean of the six.
 
 Two caption-set formats are read: the shared one-JSON-object-per-line format
 (``{"image": path relative to the file, "split": ..., "captions": [...]}``) and
@@ -246,7 +250,7 @@ def evaluate_retrieval(
     import torch
 
     from geobimors.models.clip import load_model
-    from geobimors.train.data import read_rgb
+    from geobimors.raster.images import read_rgb
 
     data = load_caption_set(captions, split, images_root)
     clip = load_model(model, device, precision)
@@ -268,3 +272,68 @@ def evaluate_retrieval(
         "n_captions": len(data.texts),
         **retrieval_recalls(similarity, data.text_image),
     }
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Average precision of one ranked query (the area under its precision-recall curve, step-wise).
+
+    The mean, over the relevant items, of the precision at the rank where each is retrieved;
+    the same definition as ``sklearn.metrics.average_precision_score`` when scores have no ties.
+
+    Args:
+        scores: (N,) similarity of every item to the query.
+        relevant: (N,) boolean relevance of every item.
+
+    Returns:
+        AP in 0..1 (NaN when no item is relevant).
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    n_relevant = int(relevant.sum())
+    if n_relevant == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranked = relevant[order]
+    ranks = np.flatnonzero(ranked) + 1  # 1-based ranks of the relevant items
+    precision_at_hits = np.arange(1, n_relevant + 1) / ranks
+    return float(precision_at_hits.mean())
+
+
+def class_retrieval_metrics(
+    scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str], ks: Sequence[int] = (1, 5, 10)
+) -> dict[str, Any]:
+    """Text-to-image retrieval where query ``c`` (a class prompt) should find the images of class ``c``.
+
+    Args:
+        scores: (C, N) similarity of every class query to every image.
+        targets: (N,) class index of every image.
+        class_names: the C class names (report keys).
+        ks: cut-offs for recall@K and precision@K.
+
+    Returns:
+        ``mAP`` (mean over classes of :func:`average_precision`), ``R@K`` (fraction of queries with
+        at least one relevant image in their top K, the usual image-text retrieval recall),
+        ``P@K`` (mean fraction of relevant images in the top K), and ``per_class_AP``.
+    """
+    scores = np.asarray(scores)
+    targets = np.asarray(targets)
+    if scores.ndim != 2 or scores.shape != (len(class_names), len(targets)):
+        raise ValueError(f"scores must be (classes, items) = ({len(class_names)}, {len(targets)}), got {scores.shape}")
+    per_class: dict[str, float] = {}
+    hits: dict[int, list[float]] = {k: [] for k in ks}
+    precisions: dict[int, list[float]] = {k: [] for k in ks}
+    for c, name in enumerate(class_names):
+        relevant = targets == c
+        per_class[name] = average_precision(scores[c], relevant)
+        ranked = relevant[np.argsort(-scores[c].astype(np.float64), kind="stable")]
+        for k in ks:
+            top = ranked[:k]
+            hits[k].append(float(top.any()))
+            precisions[k].append(float(top.mean()) if len(top) else 0.0)
+    valid = [v for v in per_class.values() if not np.isnan(v)]
+    report: dict[str, Any] = {"mAP": float(np.mean(valid)) if valid else float("nan")}
+    report.update({f"R@{k}": float(np.mean(hits[k])) for k in ks})
+    report.update({f"P@{k}": float(np.mean(precisions[k])) for k in ks})
+    report["per_class_AP"] = per_class
+    report["n_queries"] = len(class_names)
+    report["n_items"] = len(targets)
+    return report

@@ -106,10 +106,19 @@ class GeoPackageWriter:
         output: final path (checked with :func:`check_output`).
         overwrite: replace an existing output.
         metadata: key/value pairs stored as layer metadata (provenance).
+        main_layer: the layer created even when empty and counted in ``n_features``
+            (``chips``; ``hits`` for search results).
     """
 
-    def __init__(self, output: str | os.PathLike[str], overwrite: bool, metadata: dict[str, str]) -> None:
+    def __init__(
+        self,
+        output: str | os.PathLike[str],
+        overwrite: bool,
+        metadata: dict[str, str],
+        main_layer: str = CHIPS_LAYER,
+    ) -> None:
         self.output = check_output(output, overwrite)
+        self.main_layer = main_layer
         self.overwrite = overwrite
         self.metadata = metadata
         self.tmp = self.output.with_name(f".{self.output.stem}.{os.getpid()}.tmp.gpkg")
@@ -130,13 +139,14 @@ class GeoPackageWriter:
         for suffix in ("", "-journal", "-wal", "-shm"):
             Path(str(self.tmp) + suffix).unlink(missing_ok=True)
 
-    def append(self, frame: gpd.GeoDataFrame, layer: str = CHIPS_LAYER) -> None:
-        """Append features to a layer (the chips layer is created by the first call, even when empty)."""
-        if len(frame) == 0 and (layer in self._created or layer != CHIPS_LAYER):
+    def append(self, frame: gpd.GeoDataFrame, layer: str | None = None) -> None:
+        """Append features to a layer (the main layer is created by the first call, even when empty)."""
+        layer = layer or self.main_layer
+        if len(frame) == 0 and (layer in self._created or layer != self.main_layer):
             return
         self._write(frame, layer, append=layer in self._created)
         self._created.add(layer)
-        if layer == CHIPS_LAYER:
+        if layer == self.main_layer:
             self.n_features += len(frame)
 
     def _write(self, frame: gpd.GeoDataFrame, layer: str, append: bool) -> None:
@@ -168,6 +178,14 @@ class GeoPackageWriter:
             chips = pyogrio.read_dataframe(self.tmp, layer=CHIPS_LAYER, columns=["label"])
             self._write(dissolve_regions(chips), REGIONS_LAYER, append=False)
             styles.append((REGIONS_LAYER, categorized_qml(labels, outline=False)))
+        return self.finish_with_styles(styles)
+
+    def finish_with_styles(self, styles: Sequence[tuple[str, str]]) -> Path:
+        """Store the given (layer, QML) default styles, then move the file into place.
+
+        Returns:
+            The output path.
+        """
         try:
             write_layer_styles(str(self.tmp), styles)
             if self.output.exists() and not self.overwrite:

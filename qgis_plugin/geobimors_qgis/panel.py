@@ -19,6 +19,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .runner import EnvironmentProblem, MapRequest, check_environment, command_prefix
+from .search_panel import SearchBox
 from .settings import configured_executable, set_configured_executable
 from .task import MapTask
 
@@ -114,6 +115,8 @@ class MapPanel(QDockWidget):
         actions.addWidget(self.run_button)
         actions.addWidget(self.cancel_button)
         layout.addLayout(actions)
+        self.search_box = SearchBox(iface, self.prefix, self.message)
+        layout.addWidget(self.search_box)
         self.setWidget(body)
 
     @staticmethod

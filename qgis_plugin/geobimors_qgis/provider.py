@@ -18,6 +18,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from .runner import EmbedRequest, EnvironmentProblem, MapRequest, run_embed, run_map
+from .search_algorithm import SearchEmbeddingsAlgorithm
 from .settings import configured_prefix
 
 ICON = os.path.join(os.path.dirname(__file__), "icon.png")
@@ -256,6 +257,7 @@ class GeobimorsProvider(QgsProcessingProvider):
     def loadAlgorithms(self):
         self.addAlgorithm(MapSceneAlgorithm())
         self.addAlgorithm(EmbedSceneAlgorithm())
+        self.addAlgorithm(SearchEmbeddingsAlgorithm())
 
     def supportedOutputVectorLayerExtensions(self):
         return ["gpkg"]

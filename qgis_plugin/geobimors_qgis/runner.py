@@ -261,3 +261,70 @@ def run_command(
     if result.returncode != 0 and not result.cancelled and result.error is None:
         result.error = f"geobimors stopped with exit code {result.returncode}"
     return result
+
+
+@dataclass
+class SearchRequest:
+    """The options of one ``geobimors search`` run."""
+
+    store: str
+    output: str
+    queries: List[str] = field(default_factory=list)
+    like: List[str] = field(default_factory=list)
+    unlike: List[str] = field(default_factory=list)
+    k: int = 100
+    within: Optional[str] = None
+    min_score: Optional[float] = None
+    raster: Optional[str] = None
+    device: str = "auto"
+    overwrite: bool = True
+
+
+def build_search_args(request: SearchRequest) -> List[str]:
+    """Arguments of ``geobimors search`` (a list: never through a shell).
+
+    ``-q``: the hits go to the GeoPackage; stderr still carries warnings and the one-line error.
+    """
+    args = ["search", request.store, *request.queries, "-k", str(int(request.k)), "-o", request.output, "-q"]
+    args += ["--device", request.device]
+    for example in request.like:
+        args += ["--like", example]
+    for example in request.unlike:
+        args += ["--unlike", example]
+    if request.within:
+        args += ["--within", request.within]
+    if request.min_score is not None:
+        args += ["--min-score", repr(float(request.min_score))]
+    if request.raster:
+        args += ["--raster", request.raster]
+    if request.overwrite:
+        args.append("--overwrite")
+    return args
+
+
+def run_search(
+    prefix: List[str],
+    request: SearchRequest,
+    on_progress: Callable[[float], None] = lambda fraction: None,
+    is_cancelled: Callable[[], bool] = lambda: False,
+) -> RunResult:
+    """Run ``geobimors search`` (a single streamed pass: no progress events)."""
+    return run_command(prefix, build_search_args(request), request.output, on_progress, is_cancelled)
+
+
+def write_points_geojson(points: Iterable[tuple], authid: str) -> str:
+    """Write picked map points (x, y) in CRS ``authid`` to a temporary GeoJSON file; return its path.
+
+    ``geobimors search --like FILE`` reprojects them to the store's CRS and takes the chips they fall in.
+    """
+    features = [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [float(x), float(y)]}}
+        for x, y in points
+    ]
+    collection = {"type": "FeatureCollection", "features": features}
+    if authid:
+        collection["crs"] = {"type": "name", "properties": {"name": authid}}
+    handle, path = tempfile.mkstemp(prefix="geobimors-examples-", suffix=".geojson")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        json.dump(collection, f)
+    return path

@@ -38,3 +38,40 @@ class MapTask(QgsTask):
             elif self.result.error is not None:
                 error = self.result.error
         self.on_done(self.result, error)
+
+
+class SearchTask(QgsTask):
+    """Runs ``geobimors search`` in QGIS' task manager.
+
+    Args:
+        prefix: the CLI command prefix.
+        request: a :class:`~.runner.SearchRequest`.
+        on_done: called in the main thread with the run result (or ``None``) and an error message.
+    """
+
+    def __init__(self, prefix, request, on_done):
+        super().__init__(f"geobimors: searching {request.store}", QgsTask.CanCancel)
+        self.prefix = prefix
+        self.request = request
+        self.on_done = on_done
+        self.result = None
+        self.error = None
+
+    def run(self):
+        from .runner import run_search
+
+        try:
+            self.result = run_search(self.prefix, self.request, self.setProgress, self.isCanceled)
+        except EnvironmentProblem as exc:
+            self.error = str(exc)
+            return False
+        return self.result.returncode == 0
+
+    def finished(self, ok):
+        error = self.error
+        if error is None and self.result is not None:
+            if self.result.cancelled:
+                error = "search cancelled"
+            elif self.result.error is not None:
+                error = self.result.error
+        self.on_done(self.result, error)
