@@ -106,7 +106,7 @@ def test_caption_scores_identity_and_hand_values():
     assert perfect["BLEU-1"] == pytest.approx(1.0) and perfect["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
     assert perfect["ROUGE-L"] == pytest.approx(1.0)
     wrong = caption_scores(["blue water", "blue water"], refs)
-    assert wrong["BLEU-1"] == 0.0 and wrong["CIDEr"] == 0.0
+    assert wrong["BLEU-1"] == pytest.approx(0.0, abs=1e-9) and wrong["CIDEr"] == pytest.approx(0.0, abs=1e-9)
     # ROUGE-L of "many planes" against "many planes are parked": LCS 2, P = 1, R = 0.5, beta 1.2
     half = caption_scores(["there is a piece of farmland", "many planes"], refs)
     p, r, beta = 1.0, 0.5, 1.2
@@ -114,3 +114,78 @@ def test_caption_scores_identity_and_hand_values():
     assert half["ROUGE-L"] == pytest.approx((1.0 + expected) / 2)
     with pytest.raises(ValueError, match="candidates"):
         caption_scores(["a"], refs)
+
+
+def test_default_captioner_is_mini_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from geobimors.models import captions
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(captions, "hub_model_available", lambda name: False)
+    name, note = captions.default_captioner()
+    assert name == "mini" and note is not None and "not downloaded" in note
+    monkeypatch.setattr(captions, "hub_model_available", lambda name: True)
+    assert captions.default_captioner() == (captions.CPU_CAPTIONER, None)
+
+
+def test_hub_model_available_reads_folders_and_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from geobimors.models.captions import hub_model_available
+
+    assert hub_model_available(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert not hub_model_available("Salesforce/blip-image-captioning-base")
+    snapshot = tmp_path / "hub" / "models--Salesforce--blip-image-captioning-base" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    refs = snapshot.parent.parent / "refs"
+    refs.mkdir()
+    (refs / "main").write_text("abc")
+    assert hub_model_available("Salesforce/blip-image-captioning-base")
+
+
+def test_bundled_captioner_describes_real_chips(eurosat: Path, tmp_path: Path):
+    import numpy as np
+    from PIL import Image
+
+    from geobimors.models.captions import CaptionCache, Captioner, CaptionerSpec
+
+    files = [sorted((eurosat / "val" / c).iterdir())[0] for c in ("Forest", "River", "Highway")]
+    chips = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    captioner = Captioner(CaptionerSpec("mini", num_beams=3), "cpu", cache=CaptionCache(tmp_path / "c.sqlite"))
+    first = captioner.caption(chips)
+    assert len(first) == 3 and all(text and text.endswith(".") for text in first)
+    assert captioner.caption(chips) == first and captioner.cache_hits == 3  # cached, deterministic
+    # the caption follows the image, not a constant sentence
+    greedy = Captioner(CaptionerSpec("mini", num_beams=1), "cpu", cache=None).caption(chips)
+    assert len(set(greedy)) >= 2
+
+
+def test_bundled_captioner_refuses_other_image_weights(monkeypatch: pytest.MonkeyPatch):
+    from geobimors.models.clip import ClipModel
+    from geobimors.models.mini.captioner import MiniCaptioner
+
+    monkeypatch.setattr(ClipModel, "fingerprint", property(lambda self: "0000000000000000"))
+    with pytest.raises(ModelError, match="retrain it with training/train_mini_captioner"):
+        MiniCaptioner("cpu")
+
+
+def test_cli_captioning_report(tmp_path: Path, eurosat: Path, capsys: pytest.CaptureFixture[str]):
+    import json
+
+    from cli_helpers import run_cli
+
+    lines = []
+    for cls, text in (("Forest", "there is a dense forest"), ("SeaLake", "it is a lake with blue water")):
+        for image in sorted((eurosat / "val" / cls).iterdir())[:2]:
+            lines.append(json.dumps({"image": str(image), "split": "test", "captions": [text, f"{text} here"]}))
+    captions = tmp_path / "c.jsonl"
+    captions.write_text("\n".join(lines))
+    report = tmp_path / "r.json"
+    result = run_cli(capsys, "evaluate", captions, "--task", "captioning", "--device", "cpu", "--json", report)
+    assert result.exit_code == 0, result.err
+    assert "CIDEr" in result.out
+    data = json.loads(report.read_text())
+    assert data["n_images"] == 4 and data["captioner"] == "mini"
+    assert 0.0 <= data["BLEU-4"] <= data["BLEU-1"] <= 1.0

@@ -252,9 +252,9 @@ def main() -> None:
     parser.add_argument("captions", type=Path, help="UCM-Captions jsonl (image paths relative to it)")
     parser.add_argument("--out", type=Path, default=Path("geobimors/models/mini/captioner.safetensors"))
     parser.add_argument("--log", type=Path, default=Path("docs/benchmarks/captioner.json"))
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--width", type=int, default=256)
@@ -262,9 +262,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--min-count", type=int, default=2)
     parser.add_argument("--beams", type=int, default=3)
-    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--eval-every", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--feature-cache",
         type=Path,
