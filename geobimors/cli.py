@@ -176,9 +176,9 @@ captioner_options = _options(
     click.option(
         "--captioner",
         default=None,
-        help="BLIP-2 or BLIP checkpoint (Hugging Face id or folder), or 'none' (no captions; a learned "
-        "empty-caption embedding).  [default: Salesforce/blip-image-captioning-base; the paper uses "
-        "Salesforce/blip2-flan-t5-xl]",
+        help="BLIP-2 or BLIP checkpoint (Hugging Face id or folder), 'mini' (bundled, offline) or 'none' (no "
+        "captions; a learned empty-caption embedding).  [default: Salesforce/blip-image-captioning-base when "
+        "downloaded, else mini; the paper uses Salesforce/blip2-flan-t5-xl]",
     ),
     click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit."),
     click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions."),
@@ -237,11 +237,15 @@ def _chip_settings(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _captioner_spec(name: str | None, max_new_tokens: int, num_beams: int) -> Any:
-    from geobimors.models.captions import CPU_CAPTIONER, CaptionerSpec
+    from geobimors.models.captions import CaptionerSpec, default_captioner
 
     if max_new_tokens < 1 or num_beams < 1:
         raise InputError("--max-new-tokens and --num-beams must be at least 1")
-    return CaptionerSpec(name or CPU_CAPTIONER, max_new_tokens, num_beams)
+    if name is None:
+        name, note = default_captioner()
+        if note is not None:
+            click.echo(note, err=True)
+    return CaptionerSpec(name, max_new_tokens, num_beams)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -653,19 +657,28 @@ def train_command(
 )
 @click.option(
     "--task",
-    type=click.Choice(["auto", "classification", "retrieval"]),
+    type=click.Choice(["auto", "classification", "retrieval", "captioning"]),
     default="auto",
     show_default=True,
-    help="classification (ImageFolder tree) or image-text retrieval (a .jsonl caption file or a Karpathy-style "
-    "dataset.json: R@1/5/10 both ways and mR). auto: retrieval for a .json/.jsonl file.",
+    help="classification (ImageFolder tree); image-text retrieval (a .jsonl caption file or a Karpathy-style "
+    "dataset.json: R@1/5/10 both ways and mR); captioning (the same files: BLEU-1..4, ROUGE-L, CIDEr of "
+    "--captioner). auto: retrieval for a .json/.jsonl file.",
 )
-@click.option("--split", default="test", show_default=True, help="Retrieval: the split of the caption file to use.")
+@click.option(
+    "--split", default="test", show_default=True, help="Retrieval, captioning: the split of the caption file to use."
+)
 @click.option(
     "--images",
     "images_root",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Retrieval: folder the caption file's image paths are relative to [default: the file's folder].",
+    help="Retrieval, captioning: folder the caption file's image paths are relative to [default: the file's folder].",
+)
+@click.option(
+    "--captioner",
+    default="mini",
+    show_default=True,
+    help="Captioning: the captioner to score (mini, or a BLIP / BLIP-2 checkpoint).",
 )
 @click.option("--limit-per-class", type=int, default=None, help="Evaluate at most N images per class.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit-per-class sampling.")
@@ -684,6 +697,7 @@ def evaluate_command(
     task: str,
     split: str,
     images_root: Path | None,
+    captioner: str,
     limit_per_class: int | None,
     seed: int,
     batch_size: int,
@@ -712,6 +726,11 @@ def evaluate_command(
 
     if zero_shot and head_path is not None:
         raise InputError("--zero-shot and --head exclude each other")
+    if task == "captioning":
+        if head_path is not None:
+            raise InputError("--task captioning scores a captioner (--captioner); drop --head")
+        _evaluate_captioning(data, captioner, split, images_root, device, precision, json_path, quiet)
+        return
     if task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl")):
         if head_path is not None:
             raise InputError("--task retrieval evaluates a CLIP model (--model); heads classify, drop --head")
@@ -1147,6 +1166,26 @@ def embed_command(
             err=True,
         )
         sys.exit(1)
+
+
+def _evaluate_captioning(
+    data: Path,
+    captioner: str,
+    split: str,
+    images_root: Path | None,
+    device: str,
+    precision: str,
+    json_path: Path | None,
+    quiet: bool,
+) -> None:
+    from geobimors.train.captioning import METRICS, evaluate_captioning
+
+    report = evaluate_captioning(data, captioner, split, images_root, device, precision)
+    if json_path is not None:
+        _write_json_report(report, json_path)
+    if not quiet:
+        click.echo(f"captioning: {report['n_images']} images ({split} split of {data.name}, captioner {captioner})")
+        click.echo("  " + "  ".join(f"{name} {report[name]:.3f}" for name in METRICS))
 
 
 def _default_output(scene: str) -> str:

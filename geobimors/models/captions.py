@@ -26,8 +26,32 @@ from geobimors.models.clip import describe_load_failure, resolve_device
 from geobimors.models.hf import quiet_transformers
 
 NO_CAPTIONER = "none"
+MINI_CAPTIONER = "mini"
 PAPER_CAPTIONER = "Salesforce/blip2-flan-t5-xl"
 CPU_CAPTIONER = "Salesforce/blip-image-captioning-base"
+
+
+def hub_model_available(name: str) -> bool:
+    """True when a Hugging Face checkpoint is a local folder or already in the local hub cache."""
+    if Path(name).is_dir():
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an id the hub library cannot parse is not available either
+        return False
+
+
+def default_captioner() -> tuple[str, str | None]:
+    """The captioner used when none is named, and a note when it is not the usual one.
+
+    BLIP base when it is at hand (a local folder or the hub cache); otherwise the bundled
+    ``mini`` captioner, which works offline, rather than minutes of download retries.
+    """
+    if hub_model_available(CPU_CAPTIONER):
+        return CPU_CAPTIONER, None
+    return MINI_CAPTIONER, f"captioner: the bundled 'mini' ({CPU_CAPTIONER} is not downloaded; name it to fetch it)"
 
 
 @dataclass(frozen=True)
@@ -35,7 +59,8 @@ class CaptionerSpec:
     """A captioner and its generation settings (part of the cache key).
 
     Attributes:
-        name: Hugging Face id or folder of a BLIP-2 or BLIP checkpoint, or ``none``.
+        name: Hugging Face id or folder of a BLIP-2 or BLIP checkpoint, ``mini`` (the bundled
+            offline captioner) or ``none``.
         max_new_tokens: caption length limit (paper: 16).
         num_beams: beam search width (paper: 4).
         prompt: optional text prompt (BLIP-2 / BLIP conditional captioning).
@@ -104,7 +129,7 @@ class CaptionCache:
 
 
 class Captioner:
-    """Generates captions of uint8 chips with a BLIP-2 or BLIP checkpoint.
+    """Generates captions of uint8 chips with a BLIP-2 or BLIP checkpoint, or the bundled mini captioner.
 
     Args:
         spec: the captioner and generation settings.
@@ -118,13 +143,19 @@ class Captioner:
     ) -> None:
         if spec.is_none:
             raise ModelError("captioner 'none' generates no captions")
-        from transformers import AutoConfig, AutoProcessor
-
         self.spec = spec
         self.device = resolve_device(device)
         self.cache = cache
         self.calls = 0  # model calls, for tests and summaries
         self.cache_hits = 0
+        self._mini: Any = None
+        if spec.name == MINI_CAPTIONER:
+            from geobimors.models.mini.captioner import MiniCaptioner
+
+            self._mini = MiniCaptioner(device, precision, beams=spec.num_beams)
+            self.kind = MINI_CAPTIONER
+            return
+        from transformers import AutoConfig, AutoProcessor
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         try:
             config = AutoConfig.from_pretrained(spec.name)
@@ -135,7 +166,7 @@ class Captioner:
             else:
                 raise ModelError(
                     f"captioner {spec.name!r} is a {config.model_type!r} model; use a BLIP-2 or BLIP captioning "
-                    f"checkpoint (e.g. {PAPER_CAPTIONER} or {CPU_CAPTIONER}) or --captioner none"
+                    f"checkpoint (e.g. {PAPER_CAPTIONER} or {CPU_CAPTIONER}), --captioner mini or --captioner none"
                 )
             with quiet_transformers():
                 self.processor: Any = AutoProcessor.from_pretrained(spec.name)
@@ -149,6 +180,8 @@ class Captioner:
     @torch.no_grad()
     def _generate(self, images: list[np.ndarray]) -> list[str]:
         self.calls += 1
+        if self._mini is not None:
+            return self._mini.generate(images)
         kwargs: dict[str, Any] = {"images": images, "return_tensors": "pt"}
         if self.spec.prompt:
             kwargs["text"] = [self.spec.prompt] * len(images)
