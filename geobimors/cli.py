@@ -1069,6 +1069,7 @@ def _map_from_embeddings(
 )
 @click.option("-m", "--model", default="mini", show_default=True, help=MODEL_HELP)
 @chip_options
+@safety_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Chips per task and forward pass.")
 @device_options
 @dask_options
@@ -1083,10 +1084,11 @@ def _map_from_embeddings(
     "--captions",
     "captioner",
     is_flag=False,
-    flag_value="Salesforce/blip-image-captioning-base",
+    flag_value="auto",
     default=None,
-    help="Also store each chip's caption made by CAPTIONER (BLIP-2 or BLIP id or folder; "
-    "bare --captions: Salesforce/blip-image-captioning-base) and its caption-encoder embedding.",
+    help="Also store each chip's caption made by CAPTIONER (mini, or a BLIP-2 or BLIP id or folder; bare "
+    "--captions: Salesforce/blip-image-captioning-base when downloaded, else the bundled mini) and its "
+    "caption-encoder embedding.",
 )
 @click.option(
     "--caption-encoder",
@@ -1141,9 +1143,17 @@ def embed_command(
     check_store_output(out, overwrite)  # fail on the output before any slow work
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    spec = _captioner_spec(captioner, max_new_tokens, num_beams) if captioner is not None else None
+    spec = None
+    if captioner is not None:
+        spec = _captioner_spec(None if captioner == "auto" else captioner, max_new_tokens, num_beams)
     settings = MapSettings(
-        scene=scene, model=model, batch_size=batch_size, device=device, precision=precision, **_chip_settings(chip)
+        scene=scene,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        **_chip_settings(chip),
+        **_safety_settings(chip),
     )
     plan = plan_embed(settings, dtype, spec, None if caption_encoder.lower() == "none" else caption_encoder)
     executor = make_executor(scheduler, workers, gpu=device == "cuda")
