@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import geobimors_qgis
 import processing
-from geobimors_qgis.runner import MapRequest, build_args
+from geobimors_qgis.runner import MapRequest, command_prefix, run_map
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 from conftest import EXECUTABLE, SAMPLE, wait_for
@@ -127,7 +129,30 @@ def test_broken_environment_is_explained(iface, tmp_path: Path) -> None:
         plugin.unload()
 
 
-def test_arguments_never_go_through_a_shell() -> None:
-    request = MapRequest(scene="a b; rm -rf x.tif", output="o.gpkg", model="mini", bands="3,2,1")
-    args = build_args(request, "labels.txt")
-    assert args[:2] == ["map", "a b; rm -rf x.tif"] and "--progress" in args and "jsonl" in args
+def test_arguments_never_go_through_a_shell(tmp_path: Path) -> None:
+    # A stand-in for the CLI that records what it was started with; the real run_map starts it.
+    record = tmp_path / "started-with.json"
+    fake = tmp_path / "fake-geobimors"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "labels = open(args[args.index('--labels') + 1], encoding='utf-8').read()\n"
+        f"json.dump({{'args': args, 'labels': labels}}, open({str(record)!r}, 'w'))\n"
+    )
+    fake.chmod(0o755)
+    marker = tmp_path / "a-shell-ran-this"
+    scene = f"a b; touch {marker}"
+    output = f"o.gpkg $(touch {marker}) && touch {marker}"
+    request = MapRequest(
+        scene=scene, output=output, labels=["forest", f"`touch {marker}`"], model="mini", bands="3,2,1"
+    )
+    result = run_map(command_prefix(str(fake)), request)
+    assert not marker.exists()  # no shell ever saw the arguments
+    assert (result.returncode, result.error) == (0, None)
+    started = json.loads(record.read_text())
+    args = started["args"]
+    assert args[:2] == ["map", scene] and args[args.index("-o") + 1] == output
+    assert args[args.index("--bands") + 1] == "3,2,1" and args[args.index("--progress") + 1] == "jsonl"
+    assert started["labels"] == f"forest\n`touch {marker}`\n"
+    assert not Path(args[args.index("--labels") + 1]).exists()  # the temporary labels file is removed
