@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import subprocess
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from geobimors.errors import GeobimorsError, InputError, ModelError
+from geobimors.errors import InputError, ModelError
 from geobimors.labels import parse_labels
 
 from cli_helpers import CliResult, map_command, run_cli, wait_for_parts
@@ -523,33 +524,78 @@ def test_labels_parser_fuzz(lines: list[str]) -> None:
         return
     names = [label.name for label in labels_]
     assert all(name and name == " ".join(name.split()) and not name.startswith("#") for name in names)
-    assert len({" ".join(n.casefold().split()) for n in names}) <= len(names)
+    # No two labels the same ignoring case, spaces and Unicode compatibility forms.
+    assert len({" ".join(unicodedata.normalize("NFKC", n).casefold().split()) for n in names}) == len(names)
+    # One label per line that is neither blank nor a comment, in file order.
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    assert len(labels_) == len(entries)
+    for label, entry in zip(labels_, entries):
+        assert label.name == " ".join(entry.partition(":")[0].split())
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    st.one_of(
-        st.text(max_size=60),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-            lambda children: (
-                st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-            ),
-            max_leaves=12,
-        ).map(json.dumps),
-    )
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
 )
+# Headers close to what geobimors writes, each field possibly wrong or missing.
+HEADER_FIELDS = {
+    "format": st.just("geobimors-head") | st.text(max_size=12),
+    "format_version": st.sampled_from([0, 1, 2, -1, "1", None, 1.5, True]),
+    "head": st.sampled_from(["coop", "cocoop", "bimors"]) | JSON_VALUES,
+    "clip_model": st.text(max_size=10),
+    "clip_fingerprint": st.text(max_size=10),
+    "labels": st.lists(st.fixed_dictionaries({"name": st.text(max_size=8), "prompt": st.text(max_size=8)}), max_size=3)
+    | JSON_VALUES,
+    "config": st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3),
+}
+HEADERS = st.builds(
+    lambda header, dropped: {k: v for k, v in header.items() if k not in dropped},
+    st.fixed_dictionaries(HEADER_FIELDS),
+    st.sets(st.sampled_from(sorted(HEADER_FIELDS)), max_size=2),
+)
+REQUIRED = ("head", "clip_model", "clip_fingerprint", "labels", "config")
+
+
+def acceptable_header(document: object) -> bool:
+    """What read_metadata must accept: a geobimors header with every field and a known format version."""
+    if not isinstance(document, dict) or document.get("format") != "geobimors-head":
+        return False
+    version = document.get("format_version", 0)
+    return all(k in document for k in REQUIRED) and type(version) in (int, bool) and version <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=60), JSON_VALUES.map(json.dumps), HEADERS.map(json.dumps)))
 def test_checkpoint_metadata_fuzz(tmp_path_factory: pytest.TempPathFactory, metadata: str) -> None:
     import torch
 
     from geobimors.heads.checkpoint import FORMAT, checkpoint_labels, read_metadata
+    from geobimors.labels import Label
 
     path = tmp_path_factory.mktemp("fuzz") / "head.safetensors"
     save_file({"ctx": torch.zeros(2, 2)}, str(path), metadata={FORMAT: metadata})
     try:
+        document = json.loads(metadata)
+    except ValueError:
+        document = None
+    try:
         parsed = read_metadata(path)
-        checkpoint_labels(parsed)
     except ModelError as exc:
         assert "\n" not in str(exc)
-    except GeobimorsError as exc:  # pragma: no cover - any other user-facing error is acceptable too
+        assert not acceptable_header(document), exc
+        return
+    assert acceptable_header(document) and parsed == document
+    labels = document["labels"]  # type: ignore[index]
+    well_formed = (
+        isinstance(labels, list)
+        and bool(labels)
+        and all(isinstance(i, dict) and {"name", "prompt"} <= set(i) for i in labels)
+    )
+    try:
+        found = checkpoint_labels(parsed)
+    except ModelError as exc:
         assert "\n" not in str(exc)
+        assert not well_formed, exc
+        return
+    assert well_formed and found == [Label(str(i["name"]), str(i["prompt"])) for i in labels]
