@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import pickle
+import resource
+import shutil
 import signal
 import subprocess
 import unicodedata
@@ -455,44 +457,71 @@ def test_catalogue_is_documented() -> None:
 
 
 @contextlib.contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[bool]:
-    """A size-limited tmpfs at ``path`` when mounting is allowed (yields whether it is real)."""
+def small_filesystem(path: Path, size: str) -> Iterator[None]:
+    """A size-limited tmpfs mounted at ``path`` (skips the test where mounting is not allowed)."""
     path.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
-    )
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode(errors='replace').strip()}")
     try:
-        yield mounted
+        yield
     finally:
-        if mounted:
-            unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True)
-            assert unmounted.returncode == 0, f"a file is still open on the full disk: {unmounted.stderr}"
+        unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        assert unmounted.returncode == 0, f"a file is still open on the full disk: {unmounted.stderr}"
 
 
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """For ``preexec_fn``: writes past ``limit`` bytes fail with EFBIG (Python ignores SIGXFSZ)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Half-written files under ``directory``: temporary files and journals of unfinished writes."""
+    return sorted(
+        str(p.relative_to(directory)) for p in directory.rglob("*") if ".tmp" in p.name or p.name.endswith("-journal")
+    )
+
+
+PREVIOUS = b"the previous run's output, which a failed run must not touch\n" * 64
+
+
+@pytest.mark.parametrize("space", ["small file system", "file size limit"])
 def test_disk_full_while_writing(
-    capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    space: str, capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
 ) -> None:
-    source = make_geotiff(tmp_path / "big.tif", random_rgb(256, 256))
+    source = make_geotiff(tmp_path / "big.tif", random_rgb(256, 256))  # 1,024 chips of 8 px
     label_file = labels(tmp_path)
     full = tmp_path / "full"
-    with small_filesystem(full, "160k") as real:
-        if not real:  # simulate: the GeoPackage writer hits ENOSPC
-            import pyogrio
-
-            def no_space(*args: object, **kwargs: object) -> None:
-                raise OSError(28, "No space left on device")
-
-            monkeypatch.setattr(pyogrio, "write_dataframe", no_space)
-        out = full / "out.gpkg"
-        result = run_cli(capsys, "map", source, "-l", label_file, "-m", tiny_model, "--chip-size", "8", "-o", out)
-        assert result.exit_code == 1 and "Traceback" not in result.err
-        assert "disk full" in result.err and "run the same command" in result.err
-        assert not out.exists()
-        assert not [p for p in full.iterdir() if p.name.endswith(".gpkg")]  # no corrupt or temporary GeoPackage
+    out = full / "out.gpkg"
+    args = [source, "-l", label_file, "-m", tiny_model, "--chip-size", "8", "-o", out, "--overwrite"]
+    if space == "small file system":  # a real 160 kB file system: the run's writes fill it
+        with small_filesystem(full, "160k"):
+            out.write_bytes(PREVIOUS)
+            result = run_cli(capsys, "map", *args)
+            assert result.exit_code == 1 and "Traceback" not in result.err
+            errors = [line for line in result.err.splitlines() if line.startswith("Error:")]
+            assert len(errors) == 1 and "disk full" in errors[0] and "run the same command" in errors[0], result.err
+            assert out.read_bytes() == PREVIOUS
+            assert not leftovers(full)
+            assert not [p.name for p in full.iterdir() if p.name.endswith(".gpkg") and p != out]
+    else:  # a real write that fails: the run may not write files over 64 kB (the GeoPackage is larger)
+        full.mkdir()
+        out.write_bytes(PREVIOUS)
+        command = [*map_command(source, Path(label_file), tiny_model, out)[:-1], "--chip-size", "8", "--overwrite"]
+        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_file_size(64 * 1024))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and str(out) in errors[0], done.stderr
+        assert out.read_bytes() == PREVIOUS
+        assert not leftovers(full)
+        assert not [p.name for p in full.iterdir() if p.name.endswith(".gpkg") and p != out]
 
 
 @pytest.mark.parametrize(
