@@ -32,6 +32,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(make_tiny_clip_dir(tmp_path_factory.mktemp("models") / "tiny-clip"))
 
 
+@pytest.fixture(scope="session")
+def blind_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny CLIP whose image tower sees nothing: every image gives the same features."""
+    return str(make_tiny_clip_dir(tmp_path_factory.mktemp("models") / "blind-tiny-clip", blind=True))
+
+
 @pytest.fixture()
 def labels_file(tmp_path: Path) -> Path:
     """A labels file with four classes, a comment and a prompt."""

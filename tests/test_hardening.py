@@ -12,8 +12,11 @@ import contextlib
 import json
 import os
 import pickle
+import resource
+import shutil
 import signal
 import subprocess
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from geobimors.errors import GeobimorsError, InputError, ModelError
+from geobimors.errors import InputError, ModelError
 from geobimors.labels import parse_labels
 
 from cli_helpers import CliResult, map_command, run_cli, wait_for_parts
@@ -454,50 +457,79 @@ def test_catalogue_is_documented() -> None:
 
 
 @contextlib.contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[bool]:
-    """A size-limited tmpfs at ``path`` when mounting is allowed (yields whether it is real)."""
+def small_filesystem(path: Path, size: str) -> Iterator[None]:
+    """A size-limited tmpfs mounted at ``path`` (skips the test where mounting is not allowed)."""
     path.mkdir()
-    mounted = (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
-    )
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode(errors='replace').strip()}")
     try:
-        yield mounted
+        yield
     finally:
-        if mounted:
-            unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True)
-            assert unmounted.returncode == 0, f"a file is still open on the full disk: {unmounted.stderr}"
+        unmounted = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        assert unmounted.returncode == 0, f"a file is still open on the full disk: {unmounted.stderr}"
 
 
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """For ``preexec_fn``: writes past ``limit`` bytes fail with EFBIG (Python ignores SIGXFSZ)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Half-written files under ``directory``: temporary files and journals of unfinished writes."""
+    return sorted(
+        str(p.relative_to(directory)) for p in directory.rglob("*") if ".tmp" in p.name or p.name.endswith("-journal")
+    )
+
+
+PREVIOUS = b"the previous run's output, which a failed run must not touch\n" * 64
+
+
+@pytest.mark.parametrize("space", ["small file system", "file size limit"])
 def test_disk_full_while_writing(
-    capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    space: str, capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
 ) -> None:
-    source = make_geotiff(tmp_path / "big.tif", random_rgb(256, 256))
+    source = make_geotiff(tmp_path / "big.tif", random_rgb(256, 256))  # 1,024 chips of 8 px
     label_file = labels(tmp_path)
     full = tmp_path / "full"
-    with small_filesystem(full, "160k") as real:
-        if not real:  # simulate: the GeoPackage writer hits ENOSPC
-            import pyogrio
-
-            def no_space(*args: object, **kwargs: object) -> None:
-                raise OSError(28, "No space left on device")
-
-            monkeypatch.setattr(pyogrio, "write_dataframe", no_space)
-        out = full / "out.gpkg"
-        result = run_cli(capsys, "map", source, "-l", label_file, "-m", tiny_model, "--chip-size", "8", "-o", out)
-        assert result.exit_code == 1 and "Traceback" not in result.err
-        assert "disk full" in result.err and "run the same command" in result.err
-        assert not out.exists()
-        assert not [p for p in full.iterdir() if p.name.endswith(".gpkg")]  # no corrupt or temporary GeoPackage
+    out = full / "out.gpkg"
+    args = [source, "-l", label_file, "-m", tiny_model, "--chip-size", "8", "-o", out, "--overwrite"]
+    if space == "small file system":  # a real 160 kB file system: the run's writes fill it
+        with small_filesystem(full, "160k"):
+            out.write_bytes(PREVIOUS)
+            result = run_cli(capsys, "map", *args)
+            assert result.exit_code == 1 and "Traceback" not in result.err
+            errors = [line for line in result.err.splitlines() if line.startswith("Error:")]
+            assert len(errors) == 1 and "disk full" in errors[0] and "run the same command" in errors[0], result.err
+            assert out.read_bytes() == PREVIOUS
+            assert not leftovers(full)
+            assert not [p.name for p in full.iterdir() if p.name.endswith(".gpkg") and p != out]
+    else:  # a real write that fails: the run may not write files over 64 kB (the GeoPackage is larger)
+        full.mkdir()
+        out.write_bytes(PREVIOUS)
+        command = [*map_command(source, Path(label_file), tiny_model, out)[:-1], "--chip-size", "8", "--overwrite"]
+        done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_file_size(64 * 1024))
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and str(out) in errors[0], done.stderr
+        assert out.read_bytes() == PREVIOUS
+        assert not leftovers(full)
+        assert not [p.name for p in full.iterdir() if p.name.endswith(".gpkg") and p != out]
 
 
 @pytest.mark.parametrize(
     ("sig", "code", "word"), [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")]
 )
-def test_signals_leave_a_resumable_run(sig: int, code: int, word: str, tiny_model: str, tmp_path: Path) -> None:
+def test_signals_leave_a_resumable_run(
+    sig: int, code: int, word: str, capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
+) -> None:
     source = make_geotiff(tmp_path / "big.tif", random_rgb(512, 512))
     out = tmp_path / "out.gpkg"
     args = map_command(source, labels(tmp_path), tiny_model, out)
@@ -508,8 +540,8 @@ def test_signals_leave_a_resumable_run(sig: int, code: int, word: str, tiny_mode
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and word in err and "Traceback" not in err
     assert not out.exists() and parts.is_dir()
-    done = subprocess.run(args, capture_output=True, text=True)
-    assert done.returncode == 0 and out.exists() and not parts.exists()
+    done = run_cli(capsys, *args[1:])  # resumed in this process (a new start costs seconds)
+    assert done.exit_code == 0 and out.exists() and not parts.exists()
     assert len(gpd.read_file(out, layer="chips")) == 32 * 32
 
 
@@ -523,33 +555,78 @@ def test_labels_parser_fuzz(lines: list[str]) -> None:
         return
     names = [label.name for label in labels_]
     assert all(name and name == " ".join(name.split()) and not name.startswith("#") for name in names)
-    assert len({" ".join(n.casefold().split()) for n in names}) <= len(names)
+    # No two labels the same ignoring case, spaces and Unicode compatibility forms.
+    assert len({" ".join(unicodedata.normalize("NFKC", n).casefold().split()) for n in names}) == len(names)
+    # One label per line that is neither blank nor a comment, in file order.
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    assert len(labels_) == len(entries)
+    for label, entry in zip(labels_, entries):
+        assert label.name == " ".join(entry.partition(":")[0].split())
 
 
-@settings(max_examples=100, deadline=None)
-@given(
-    st.one_of(
-        st.text(max_size=60),
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-            lambda children: (
-                st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-            ),
-            max_leaves=12,
-        ).map(json.dumps),
-    )
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
 )
+# Headers close to what geobimors writes, each field possibly wrong or missing.
+HEADER_FIELDS = {
+    "format": st.just("geobimors-head") | st.text(max_size=12),
+    "format_version": st.sampled_from([0, 1, 2, -1, "1", None, 1.5, True]),
+    "head": st.sampled_from(["coop", "cocoop", "bimors"]) | JSON_VALUES,
+    "clip_model": st.text(max_size=10),
+    "clip_fingerprint": st.text(max_size=10),
+    "labels": st.lists(st.fixed_dictionaries({"name": st.text(max_size=8), "prompt": st.text(max_size=8)}), max_size=3)
+    | JSON_VALUES,
+    "config": st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3),
+}
+HEADERS = st.builds(
+    lambda header, dropped: {k: v for k, v in header.items() if k not in dropped},
+    st.fixed_dictionaries(HEADER_FIELDS),
+    st.sets(st.sampled_from(sorted(HEADER_FIELDS)), max_size=2),
+)
+REQUIRED = ("head", "clip_model", "clip_fingerprint", "labels", "config")
+
+
+def acceptable_header(document: object) -> bool:
+    """What read_metadata must accept: a geobimors header with every field and a known format version."""
+    if not isinstance(document, dict) or document.get("format") != "geobimors-head":
+        return False
+    version = document.get("format_version", 0)
+    return all(k in document for k in REQUIRED) and type(version) in (int, bool) and version <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=60), JSON_VALUES.map(json.dumps), HEADERS.map(json.dumps)))
 def test_checkpoint_metadata_fuzz(tmp_path_factory: pytest.TempPathFactory, metadata: str) -> None:
     import torch
 
     from geobimors.heads.checkpoint import FORMAT, checkpoint_labels, read_metadata
+    from geobimors.labels import Label
 
     path = tmp_path_factory.mktemp("fuzz") / "head.safetensors"
     save_file({"ctx": torch.zeros(2, 2)}, str(path), metadata={FORMAT: metadata})
     try:
+        document = json.loads(metadata)
+    except ValueError:
+        document = None
+    try:
         parsed = read_metadata(path)
-        checkpoint_labels(parsed)
     except ModelError as exc:
         assert "\n" not in str(exc)
-    except GeobimorsError as exc:  # pragma: no cover - any other user-facing error is acceptable too
+        assert not acceptable_header(document), exc
+        return
+    assert acceptable_header(document) and parsed == document
+    labels = document["labels"]  # type: ignore[index]
+    well_formed = (
+        isinstance(labels, list)
+        and bool(labels)
+        and all(isinstance(i, dict) and {"name", "prompt"} <= set(i) for i in labels)
+    )
+    try:
+        found = checkpoint_labels(parsed)
+    except ModelError as exc:
         assert "\n" not in str(exc)
+        assert not well_formed, exc
+        return
+    assert well_formed and found == [Label(str(i["name"]), str(i["prompt"])) for i in labels]

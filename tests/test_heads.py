@@ -22,7 +22,8 @@ from geobimors.models.text import PromptTextEncoder
 from geobimors.train.data import LabelledImages, load_image_folder, split_base_new
 from geobimors.train.loop import TrainSettings, train_head
 
-from tiny_models import make_tiny_clip_dir
+from tiny_captioners import BrightnessCaptioner
+from tiny_models import TINY_VIT_UNEQUAL, make_tiny_clip_dir
 
 LABELS = [Label(n, n) for n in ("annual crop land", "forest", "residential buildings", "sea or lake")]
 NONE = CaptionerSpec("none")
@@ -52,19 +53,36 @@ def test_truncated_prompts_equal_full_context(model_name: str, tiny_model: str) 
     )
 
 
-def test_parameter_counts_match_formulas(tiny_model: str) -> None:
-    clip = load_model(tiny_model, device="cpu")
+def test_parameter_counts(tmp_path: Path) -> None:
+    # Widths all differ (visual tokens W=64, text tokens D=32, joint embedding E=24); n_ctx=4.
+    clip = load_model(str(make_tiny_clip_dir(tmp_path / "unequal", config=TINY_VIT_UNEQUAL)), device="cpu")
+    # CoOp: the context, 4 x 32.
     coop = build_head("coop", clip, LABELS)
     assert coop.trainable_parameter_count() == CoOpHead.parameter_formula(4, 32) == 128
+    # CoCoOp: context 128 + meta-net Linear(24 -> 24 // 16 = 1) 24 + 1 + Linear(1 -> 32) 32 + 32.
     cocoop = build_head("cocoop", clip, LABELS)
-    assert cocoop.trainable_parameter_count() == CoCoOpHead.parameter_formula(4, 32, 32)
+    assert cocoop.trainable_parameter_count() == CoCoOpHead.parameter_formula(4, 32, 24) == 128 + 25 + 64
+    # BiMoRS without captioner: context 128
+    #   + meta-net Linear(64 -> 64 // 16 = 4) 256 + 4, Linear(4 -> 32) 128 + 32
+    #   + caption projection Linear(32 -> 32) 1024 + 32
+    #   + two LayerNorms (32 weights + 32 biases each) 128
+    #   + attention: in-projection 3 x 32 x 32 + 96, out-projection 32 x 32 + 32
+    #   + the empty-caption embedding 32.
+    attention = 3 * 32 * 32 + 96 + 32 * 32 + 32
     empty = build_head("bimors", clip, LABELS, captioner=NONE)
     assert isinstance(empty, BiMoRSHead)
-    assert empty.visual_width == 32 and empty.caption_dim == 32
-    assert empty.trainable_parameter_count() == BiMoRSHead.parameter_formula(4, 32, 32, 32, empty=True)
+    assert (empty.visual_width, empty.ctx_dim, empty.caption_dim) == (64, 32, 32)
+    expected = 128 + (256 + 4 + 128 + 32) + (1024 + 32) + 128 + attention + 32
+    assert expected == 5988
+    assert empty.trainable_parameter_count() == BiMoRSHead.parameter_formula(4, 32, 64, 32, empty=True) == expected
+    # With a captioner: MiniLM captions (384 wide) projected by Linear(384 -> 32), no empty caption.
     captioned = build_head("bimors", clip, LABELS, captioner=CaptionerSpec("some/captioner"))
-    assert captioned.caption_dim == 384  # the MiniLM caption encoder
-    assert captioned.trainable_parameter_count() == BiMoRSHead.parameter_formula(4, 32, 32, 384, empty=False)
+    assert captioned.caption_dim == 384
+    expected = 128 + (256 + 4 + 128 + 32) + (384 * 32 + 32) + 128 + attention
+    assert expected == 17220
+    assert (
+        captioned.trainable_parameter_count() == BiMoRSHead.parameter_formula(4, 32, 64, 384, empty=False) == expected
+    )
 
 
 def test_bimors_dimensions_come_from_the_models() -> None:
@@ -105,26 +123,95 @@ def test_training_updates_only_the_head(kind: str, tiny_model: str, tiny_blip2: 
         head,
         data,
         None,
-        TrainSettings(epochs=2, warmup_epochs=0, lr=0.05),
+        # No weight decay: a parameter moves only when its gradient reaches it.
+        TrainSettings(epochs=2, warmup_epochs=0, lr=0.05, weight_decay=0.0),
         captioner.caption if captioner else None,
         progress_mode="none",
     )
     assert all(torch.equal(frozen[k], v) for k, v in clip.model.state_dict().items())
     for model, before in others:
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert any(not torch.equal(start[k], v) for k, v in head.state_dict().items())
+    # Every learnable tensor of the head learned (for BiMoRS: context, meta-net, caption projection, attention).
+    unchanged = [k for k, v in head.state_dict().items() if torch.equal(start[k], v)]
+    assert not unchanged, unchanged
+
+
+def test_captions_change_bimors_logits_and_train_the_caption_projection(tiny_model: str) -> None:
+    clip = load_model(tiny_model, device="cpu")
+    head = build_head("bimors", clip, LABELS, captioner=CaptionerSpec("a/captioner"))
+    head.eval()
+    x = clip.preprocess(chips(2))
+    forest, lake = "an aerial view of a forest", "a lake with a river"
+    with_forest = head.logits(x, [forest, forest])
+    with_lake = head.logits(x, [lake, lake])
+    assert (with_forest - with_lake).abs().max() > 1e-2
+    # Each chip's logits follow its own caption.
+    torch.testing.assert_close(head.logits(x, [forest, lake]), torch.stack([with_forest[0], with_lake[1]]))
+    # One backward pass reaches every parameter, the caption projection included.
+    head.train()
+    loss = torch.nn.functional.cross_entropy(head(x, head.encode_captions([forest, lake])), torch.tensor([1, 3]))
+    loss.backward()
+    no_gradient = [n for n, p in head.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_gradient, no_gradient
+    assert head.caption_proj.weight.grad is not None and head.caption_proj.weight.grad.abs().sum() > 0
+
+
+def _fit(head: BiMoRSHead, images: torch.Tensor, targets: torch.Tensor, captions: list[str] | None) -> None:
+    """Full-batch Adam on one small set (training settings are not what this checks)."""
+    features = head.encode_captions(captions)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.02)
+    head.train()
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(head(images, features), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    head.eval()
+
+
+def test_a_caption_dependent_task_is_solved_only_with_captions(blind_tiny_model: str) -> None:
+    # The image tower is blind (every chip gives the same features); the captioner is not:
+    # a chip's brightness picks its caption, and the caption says the class.
+    clip = load_model(blind_tiny_model, device="cpu")
+    names = ["forest", "river", "field", "city"]
+    labels = [Label(n, n) for n in names]
+    captioner = BrightnessCaptioner(names)
+    images = np.stack([np.full((32, 32, 3), captioner.level_value(c), np.uint8) for c in range(4)])
+    x, targets = clip.preprocess(images), torch.arange(4)
+    features = clip.encode_images(x)
+    assert torch.equal(features, features[:1].expand_as(features))  # the image alone says nothing
+    captions = captioner.caption(images)
+    assert captions == [f"an aerial view of {n}" for n in names]
+
+    torch.manual_seed(0)
+    with_captions = build_head("bimors", clip, labels, captioner=CaptionerSpec("brightness"))
+    assert isinstance(with_captions, BiMoRSHead)
+    _fit(with_captions, x, targets, captions)
+    assert with_captions.logits(x, captions).argmax(1).tolist() == [0, 1, 2, 3]
+    # The same chips with one caption for all: one answer for all.
+    assert len(set(with_captions.logits(x, [captions[2]] * 4).argmax(1).tolist())) == 1
+
+    torch.manual_seed(0)
+    without = build_head("bimors", clip, labels, captioner=NONE)
+    assert isinstance(without, BiMoRSHead)
+    _fit(without, x, targets, None)
+    logits = without.logits(x)
+    torch.testing.assert_close(logits, logits[:1].expand_as(logits))  # chance: 1 of 4 right
+    assert (logits.argmax(1) == targets).sum() == 1
 
 
 @pytest.mark.slow
-def test_a_small_set_is_overfitted(eurosat: Path) -> None:
+def test_a_small_set_is_overfitted(eurosat: Path, tiny_blip2: str) -> None:
     clip = load_model("mini", device="cpu")
     data = load_image_folder(eurosat / "train", shots=2, seed=3).subset([0, 1, 7, 9])
-    head = build_head("bimors", clip, data.labels, captioner=NONE)
+    captioner = Captioner(CaptionerSpec(tiny_blip2, max_new_tokens=4, num_beams=1), "cpu")
+    head = build_head("bimors", clip, data.labels, captioner=captioner.spec)
     result = train_head(
         head,
         data,
         None,
         TrainSettings(epochs=25, batch_size=8, lr=0.02, warmup_epochs=0, crop_scale=(1.0, 1.0)),
+        captioner.caption,  # the whole BiMoRS path: captions, caption encoder, caption projection
         progress_mode="none",
     )
     losses = [r["loss"] for r in result.history]
@@ -160,11 +247,29 @@ def test_checkpoint_round_trip_and_refusals(tiny_model: str, tmp_path: Path) -> 
         load_head(truncated, clip)
 
 
-def test_new_class_names_use_the_learned_context(tiny_model: str) -> None:
+@pytest.mark.parametrize("kind", ["coop", "cocoop", "bimors"])
+def test_new_class_names_use_the_learned_context(kind: str, tiny_model: str) -> None:
     clip = load_model(tiny_model, device="cpu")
-    head = build_head("cocoop", clip, LABELS[:2])
-    head.set_labels(LABELS)
-    assert head.logits(clip.preprocess(chips())).shape == (3, 4)
+    x = clip.preprocess(chips())
+    head = build_head(kind, clip, LABELS[:2], captioner=NONE)
+    head.eval()
+    untrained = {k: v.clone() for k, v in head.state_dict().items()}
+    # A learned context arrives as trained weights do (load_head: weights, then the classes asked for).
+    shift = torch.randn(untrained["ctx"].shape, generator=torch.Generator().manual_seed(1))
+    learned = {**untrained, "ctx": untrained["ctx"] + 0.5 * shift}
+    head.load_state_dict(learned)
+    assert head.logits(x).shape == (3, 2)  # (CoOp caches its class features here)
+    head.set_labels(LABELS)  # two class names it never saw
+    logits = head.logits(x)
+    assert logits.shape == (3, 4)
+    # The same weights on a head made for all four classes give exactly these logits ...
+    full = build_head(kind, clip, LABELS, captioner=NONE)
+    full.load_state_dict(learned)
+    full.eval()
+    torch.testing.assert_close(logits, full.logits(x))
+    # ... and the new names score otherwise than with the untrained context.
+    full.load_state_dict(untrained)
+    assert (logits[:, 2:] - full.logits(x)[:, 2:]).abs().max() > 1e-2
 
 
 def test_base_new_split() -> None:

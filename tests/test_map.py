@@ -15,6 +15,7 @@ import pytest
 import shapely
 
 import geobimors
+from geobimors.heads.classifier import Classifier
 from geobimors.labels import read_labels
 from geobimors.raster.grid import GridSpec, build_grid
 from geobimors.raster.scene import open_scene
@@ -143,6 +144,8 @@ def test_identical_16bit_chips_get_identical_results(tiny_model: str, labels_fil
     first = frame[(frame["row"] == 0) & (frame["col"] == 0)].iloc[0]
     last = frame[(frame["row"] == 1) & (frame["col"] == 1)].iloc[0]
     assert (first["label"], first["score"], first["score_2"]) == (last["label"], last["score"], last["score_2"])
+    # ... and not because every chip gets the same answer.
+    assert frame["score"].nunique() > 2
 
 
 def test_api_and_cli_agree(
@@ -176,29 +179,36 @@ def test_api_and_cli_agree(
 
 
 def test_top_k_and_band_options(
-    capsys: pytest.CaptureFixture[str], tiny_model: str, labels_file: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str],
+    tiny_model: str,
+    labels_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    scene = make_geotiff(tmp_path / "four.tif", np.concatenate([random_rgb(48, 48), random_rgb(48, 48)[:1]]))
+    # Four bands, each one constant value: the chips that reach the model show which bands were read.
+    values = (10, 80, 160, 240)
+    data = np.stack([np.full((48, 48), v, dtype=np.uint8) for v in values])
+    scene = make_geotiff(tmp_path / "four.tif", data, photometric="MINISBLACK")
+    seen: list[np.ndarray] = []
+    classify = Classifier.classify
+
+    def recording(self: Classifier, chips: np.ndarray, captions: object = None) -> object:
+        seen.append(chips.copy())
+        return classify(self, chips, captions)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Classifier, "classify", recording)
     out = tmp_path / "out.gpkg"
-    result = run_cli(
-        capsys,
-        "map",
-        scene,
-        "-l",
-        labels_file,
-        "-m",
-        tiny_model,
-        "--chip-size",
-        "16",
-        "--bands",
-        "3,2,1",
-        "--top-k",
-        "1",
-        "-o",
-        out,
-    )
+    args = ["map", scene, "-l", labels_file, "-m", tiny_model, "--chip-size", "16", "--top-k", "1", "-o", out]
+    result = run_cli(capsys, *args, "--bands", "3,2,1")
     assert result.exit_code == 0, result.err
-    assert "label_2" not in read_chips(out).columns
+    chips = read_chips(out)
+    assert len(chips) == 9 and "label_2" not in chips.columns and "score_2" not in chips.columns
+    pixels = np.concatenate(seen)
+    assert pixels.shape == (9, 16, 16, 3)
+    assert (pixels == np.array([160, 80, 10], dtype=np.uint8)).all()  # red = band 3, green = 2, blue = 1
+    seen.clear()
+    assert run_cli(capsys, *args, "--bands", "4,1,2", "--overwrite").exit_code == 0
+    assert (np.concatenate(seen) == np.array([240, 10, 80], dtype=np.uint8)).all()
 
 
 def test_overwrite_rules(

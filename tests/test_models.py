@@ -116,7 +116,9 @@ def test_offline_weights_give_one_line_fix() -> None:
 
 
 def test_devices_and_precisions(tiny_model: str) -> None:
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        assert load_model(tiny_model, device="cuda").device.type == "cuda"
+    else:
         with pytest.raises(ModelError, match="no CUDA"):
             load_model(tiny_model, device="cuda")
     with pytest.raises(ModelError, match="fp16 needs a CUDA"):

@@ -126,14 +126,24 @@ def test_scale_range_apply_clips_and_handles_nan() -> None:
 
 
 def test_statistics_use_overviews(tmp_path: Path) -> None:
+    # Overviews made from 1000s, then the full-resolution pixels changed to 3000s: statistics
+    # read from the overviews see only 1000s. (2048 px: statistics are read at 1,024 px.)
     path = make_geotiff(
-        tmp_path / "cog.tif", np.full((3, 256, 256), 1000, dtype=np.uint16), tiled=True, blockxsize=64, blockysize=64
+        tmp_path / "cog.tif",
+        np.full((1, 2048, 2048), 1000, dtype=np.uint16),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
     )
     with rasterio.open(path, "r+") as ds:
         ds.build_overviews([2, 4])
+        ds.write(np.full((1, 2048, 2048), 3000, dtype=np.uint16))
     info = open_scene(path)
     assert info.has_overviews
-    assert "overviews" in scene_scale_range(info, (1, 2, 3)).source  # type: ignore[union-attr]
+    scale = scene_scale_range(info, (1, 1, 1))
+    assert scale is not None and "overviews" in scale.source
+    assert scale.low == (1000.0,) * 3 and scale.high == (1001.0,) * 3
 
 
 def test_gsd_resampling_reads_the_ground_area(tmp_path: Path) -> None:

@@ -69,12 +69,18 @@ def test_train_evaluate_and_map_with_a_head(
     )
     assert result.exit_code == 0, result.err
     data = json.loads(report.read_text())
-    assert 0 <= data["accuracy"] <= 1 and data["n"] == 16
+    assert data["n"] == 16
     assert set(data["base_to_new"]) >= {"base", "new", "harmonic_mean"}
     assert data["base_to_new"]["base_classes"] == ["annual crop", "forest"]
     rows = list(csv.reader(confusion.open()))
     assert rows[0][1:] == ["annual crop", "forest", "residential", "sea lake"]
-    assert sum(int(v) for row in rows[1:] for v in row[1:]) == 16
+    counts = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
+    assert [row[0] for row in rows[1:]] == rows[0][1:]
+    assert counts.sum(axis=1).tolist() == [4, 4, 4, 4]  # rows: the true classes, 4 validation images each
+    assert data["confusion_matrix"]["counts"] == counts.tolist()
+    # The accuracies are the confusion matrix's: overall and per class.
+    assert data["accuracy"] == pytest.approx(np.trace(counts) / 16)
+    assert list(data["per_class_accuracy"].values()) == pytest.approx((np.diag(counts) / 4).tolist())
 
     # The head maps a scene; chips get captions from the head's captioner.
     scene = make_geotiff(tmp_path / "scene.tif", np.random.default_rng(0).integers(0, 256, (3, 64, 64), np.uint8))

@@ -107,15 +107,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("head", "clip_model", "clip_fingerprint", "labels", "config") if k not in metadata]
     if missing or metadata.get("format") != FORMAT:
         raise ModelError(f"head checkpoint {path} metadata lacks {', '.join(missing) or 'the format tag'}")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"head checkpoint {path} needs a newer geobimors (format {metadata['format_version']})")
+    version = metadata.get("format_version", 0)
+    if not isinstance(version, int):
+        raise ModelError(f"head checkpoint {path} has malformed metadata (format_version {version!r})")
+    if version > FORMAT_VERSION:
+        raise ModelError(f"head checkpoint {path} needs a newer geobimors (format {version})")
     return metadata
 
 
 def checkpoint_labels(metadata: dict[str, Any]) -> list[Label]:
     """The training classes stored in a checkpoint."""
+    items = metadata.get("labels")
+    if not isinstance(items, list) or not items:  # a dict or string would iterate without error
+        raise ModelError("head checkpoint metadata has malformed labels (not a list of classes)")
     try:
-        return [Label(str(item["name"]), str(item["prompt"])) for item in metadata["labels"]]
+        return [Label(str(item["name"]), str(item["prompt"])) for item in items]
     except (TypeError, KeyError):
         raise ModelError("head checkpoint metadata has malformed labels") from None
 

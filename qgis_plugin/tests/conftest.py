@@ -85,6 +85,16 @@ class FakeIface:
         self.docks.remove(dock)
 
 
+@pytest.fixture(scope="session")
+def small_scene(tmp_path_factory) -> Path:
+    """The north-west 110 x 110 px of the Recife sample (5 x 5 chips): mapping it takes a moment."""
+    from osgeo import gdal
+
+    path = tmp_path_factory.mktemp("scenes") / "recife-small.tif"
+    assert gdal.Translate(str(path), str(SAMPLE / "L7_ETMs.tif"), srcWin=[0, 0, 110, 110]) is not None
+    return path
+
+
 @pytest.fixture()
 def iface():
     return FakeIface()

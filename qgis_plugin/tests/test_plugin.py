@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import geobimors_qgis
 import processing
-from geobimors_qgis.runner import MapRequest, build_args
+from geobimors_qgis.runner import MapRequest, build_args, command_prefix, run_map
 from qgis.core import Qgis, QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 from conftest import EXECUTABLE, SAMPLE, wait_for
@@ -34,7 +36,7 @@ def test_plugin_loads_and_registers_the_algorithm(iface) -> None:
     assert registry.providerById("geobimors") is None and not iface.toolbar and not iface.docks
 
 
-def test_processing_run_gives_a_categorized_layer(iface, tmp_path: Path) -> None:
+def test_processing_run_gives_a_categorized_layer(iface, small_scene: Path, tmp_path: Path) -> None:
     plugin = geobimors_qgis.classFactory(iface)
     plugin.initProcessing()
     try:
@@ -42,7 +44,7 @@ def test_processing_run_gives_a_categorized_layer(iface, tmp_path: Path) -> None
         result = processing.run(
             "geobimors:mapscene",
             {
-                "INPUT": str(SAMPLE / "L7_ETMs.tif"),
+                "INPUT": str(small_scene),
                 "LABELS": "\n".join(LABELS),
                 "MODEL": "mini",
                 "BANDS": "3,2,1",
@@ -51,14 +53,14 @@ def test_processing_run_gives_a_categorized_layer(iface, tmp_path: Path) -> None
         )
         assert result["OUTPUT"] == str(out) and out.exists()
         layer = QgsVectorLayer(f"{out}|layername=chips", "chips", "ogr")
-        assert layer.isValid() and layer.featureCount() > 0
+        assert layer.isValid() and layer.featureCount() == 5 * 5
         assert categories(layer) == LABELS  # the style stored in the GeoPackage, loaded by QGIS itself
         assert layer.crs().authid() == "EPSG:31985"
     finally:
         plugin.unload()
 
 
-def test_processing_reports_cli_errors(iface, tmp_path: Path) -> None:
+def test_processing_reports_cli_errors(iface, small_scene: Path, tmp_path: Path) -> None:
     plugin = geobimors_qgis.classFactory(iface)
     plugin.initProcessing()
     try:
@@ -67,7 +69,7 @@ def test_processing_reports_cli_errors(iface, tmp_path: Path) -> None:
             processing.run(
                 "geobimors:mapscene",
                 {
-                    "INPUT": str(SAMPLE / "L7_ETMs.tif"),
+                    "INPUT": str(small_scene),
                     "LABELS": "forest\nsea",
                     "MODEL": "mini",
                     "OUTPUT": str(tmp_path / "o.gpkg"),
@@ -80,11 +82,11 @@ def test_processing_reports_cli_errors(iface, tmp_path: Path) -> None:
         plugin.unload()
 
 
-def test_dock_panel_runs_and_adds_the_layer(iface, tmp_path: Path) -> None:
+def test_dock_panel_runs_and_adds_the_layer(iface, small_scene: Path, tmp_path: Path) -> None:
     plugin = geobimors_qgis.classFactory(iface)
     plugin.initGui()
     try:
-        raster = QgsRasterLayer(str(SAMPLE / "L7_ETMs.tif"), "recife")
+        raster = QgsRasterLayer(str(small_scene), "recife")
         QgsProject.instance().addMapLayer(raster)
         panel = plugin.toggle_panel()
         panel.raster.setLayer(raster)
@@ -127,10 +129,33 @@ def test_broken_environment_is_explained(iface, tmp_path: Path) -> None:
         plugin.unload()
 
 
-def test_arguments_never_go_through_a_shell() -> None:
-    request = MapRequest(scene="a b; rm -rf x.tif", output="o.gpkg", model="mini", bands="3,2,1")
-    args = build_args(request, "labels.txt")
-    assert args[:2] == ["map", "a b; rm -rf x.tif"] and "--progress" in args and "jsonl" in args
+def test_arguments_never_go_through_a_shell(tmp_path: Path) -> None:
+    # A stand-in for the CLI that records what it was started with; the real run_map starts it.
+    record = tmp_path / "started-with.json"
+    fake = tmp_path / "fake-geobimors"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "labels = open(args[args.index('--labels') + 1], encoding='utf-8').read()\n"
+        f"json.dump({{'args': args, 'labels': labels}}, open({str(record)!r}, 'w'))\n"
+    )
+    fake.chmod(0o755)
+    marker = tmp_path / "a-shell-ran-this"
+    scene = f"a b; touch {marker}"
+    output = f"o.gpkg $(touch {marker}) && touch {marker}"
+    request = MapRequest(
+        scene=scene, output=output, labels=["forest", f"`touch {marker}`"], model="mini", bands="3,2,1"
+    )
+    result = run_map(command_prefix(str(fake)), request)
+    assert not marker.exists()  # no shell ever saw the arguments
+    assert (result.returncode, result.error) == (0, None)
+    started = json.loads(record.read_text())
+    args = started["args"]
+    assert args[:2] == ["map", scene] and args[args.index("-o") + 1] == output
+    assert args[args.index("--bands") + 1] == "3,2,1" and args[args.index("--progress") + 1] == "jsonl"
+    assert started["labels"] == f"forest\n`touch {marker}`\n"
+    assert not Path(args[args.index("--labels") + 1]).exists()  # the temporary labels file is removed
 
 
 def test_network_reach_is_opt_in() -> None:
