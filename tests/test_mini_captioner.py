@@ -44,6 +44,16 @@ def _fit(decoder: CaptionDecoder, pooled: torch.Tensor, tokens: torch.Tensor, ta
     decoder.eval()
 
 
+@pytest.fixture()
+def one_thread():
+    # a decoder this small trains fastest on one thread (and is not slowed by other busy cores)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_decoder_learns_captions_that_depend_on_the_image():
     # two images (different memories), two different captions: generation must follow the image
     torch.manual_seed(0)
