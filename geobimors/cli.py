@@ -126,13 +126,19 @@ captioner_options = _options(
 )
 
 
+chip_size_option = click.option(
+    "--chip-size",
+    default=None,
+    help="Polygons/points: chip edge in pixels or ground units, as in `map`.  [default: the model's, else 224]",
+)
+
 folder_labels_option = click.option(
     "-l",
     "--labels",
     "labels_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="'FolderName: prompt text' lines (else folder names are split: SeaLake -> sea lake).",
+    help="'FolderName: prompt text' lines (else readable folder names: denseresidential -> dense residential area).",
 )
 
 
@@ -419,9 +425,21 @@ def caption_command(
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Head checkpoint to write.")
 @click.option("-m", "--model", default="mini", show_default=True, help=MODEL_HELP)
 @click.option(
-    "--head", "head_kind", type=click.Choice(["bimors", "coop", "cocoop"]), default="bimors", show_default=True
+    "--head",
+    "head_kind",
+    type=click.Choice(["bimors", "coop", "cocoop", "probe", "tip"]),
+    default="bimors",
+    show_default=True,
+    help="bimors/coop/cocoop: prompt learners (epochs of backpropagation through the text tower); "
+    "probe: linear probe anchored to the zero-shot classifier; tip: Tip-Adapter cache (both fit on frozen "
+    "image embeddings in seconds).",
 )
-@click.option("--shots", type=int, default=16, show_default=True, help="Training images per class.")
+@click.option(
+    "--shots",
+    type=int,
+    default=None,
+    help="Training images per class.  [default: 16 for image folders; every covered chip for polygons/points]",
+)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--lr", type=float, default=0.009, show_default=True, help="Peak SGD learning rate (cosine schedule).")
@@ -446,8 +464,16 @@ def caption_command(
 @click.option(
     "--val-shots", type=int, default=16, show_default=True, help="Validation images per class (best-epoch selection)."
 )
-@click.option("--scene", default=None, help="Raster under the polygons, when DATA is a vector file.")
-@click.option("--label-column", default="label", show_default=True, help="Class attribute of the polygons.")
+@click.option("--scene", default=None, help="Raster under the polygons or points, when DATA is a vector file.")
+@click.option("--label-column", default="label", show_default=True, help="Class attribute of the polygons or points.")
+@click.option(
+    "--min-purity",
+    type=float,
+    default=0.75,
+    show_default=True,
+    help="Polygons/points: a map-grid chip trains as class K when K covers at least this fraction of it.",
+)
+@chip_size_option
 @device_options
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @common_options
@@ -472,6 +498,8 @@ def train_command(
     val_shots: int,
     scene: str | None,
     label_column: str,
+    min_purity: float,
+    chip_size: str | None,
     device: str,
     precision: str,
     overwrite: bool,
@@ -481,8 +509,10 @@ def train_command(
     """Train a head few-shot on a frozen CLIP and save it.
 
     DATA is an ImageFolder tree (one folder of images per class), a folder with
-    train/ (and val/) trees, or a vector file of labelled polygons (with --scene).
-    The best epoch on the validation images is kept.
+    train/ (and val/) trees, or a vector file of labelled polygons or points (with
+    --scene): every chip of the map grid they cover (to --min-purity) is an example.
+    Prompt learners keep their best epoch on the validation images; probe and tip
+    choose their regularisation on them (or by cross-validation on the shots).
     """
     from geobimors.train.api import train
     from geobimors.train.loop import TrainSettings
@@ -490,7 +520,11 @@ def train_command(
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
     spec = _captioner_spec(captioner, max_new_tokens, num_beams) if head_kind == "bimors" else None
-    polygon_options = {"scene": scene, "label_column": label_column} if scene else {}
+    polygon_options = (
+        {"scene": scene, "label_column": label_column, "min_purity": min_purity, "chip_size": chip_size}
+        if scene
+        else {}
+    )
     head, result = train(
         data,
         output,
@@ -515,10 +549,13 @@ def train_command(
     if not quiet:
         click.echo(f"head: {head.kind} on {head.clip.name}, {len(head.labels)} classes: {', '.join(head.class_names)}")
         click.echo(f"learnable parameters: {result.trainable_parameters:,}")
-        click.echo(
-            f"best epoch: {result.best_epoch} (validation accuracy {result.best_val_accuracy:.4f}), "
-            f"{result.seconds:.1f} s"
-        )
+        if head_kind in ("probe", "tip"):
+            click.echo(f"held-out accuracy of the chosen fit: {result.best_val_accuracy:.4f}, {result.seconds:.1f} s")
+        else:
+            click.echo(
+                f"best epoch: {result.best_epoch} (validation accuracy {result.best_val_accuracy:.4f}), "
+                f"{result.seconds:.1f} s"
+            )
         click.echo(f"output: {output}")
 
 

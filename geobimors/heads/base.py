@@ -50,6 +50,12 @@ class Head(torch.nn.Module):
         """Class logits (N, C) float32 for preprocessed images (N, 3, H, W)."""
         raise NotImplementedError
 
+    def logits_from_embeddings(
+        self, image_features: torch.Tensor, caption_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Class logits (N, C) from L2-normalised pooled image features (N, E), without pixels (optional)."""
+        raise NotImplementedError(f"the {self.kind} head cannot classify from stored embeddings; it reads pixels")
+
     def logits(self, images: torch.Tensor, captions: Sequence[str] | None = None) -> torch.Tensor:
         """Class logits (N, C) for preprocessed images and (if used) their captions."""
         with torch.no_grad():
