@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import xarray as xr
 
+    from geobimors.assess import Assessment
     from geobimors.heads.base import Head
     from geobimors.labels import Label
     from geobimors.models.clip import ClipModel
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "__version__",
+    "assess",
     "classify",
     "evaluate",
     "load_head",
@@ -160,3 +162,10 @@ def read_labels(path: str | Path) -> list[Label]:
     from geobimors.labels import read_labels as _read
 
     return _read(path)
+
+
+def assess(map_path: str | Path, reference: str | Path, **options: Any) -> Assessment:
+    """Accuracy of a map against a reference raster or polygons (see :func:`geobimors.assess.assess`)."""
+    from geobimors.assess import assess as _assess
+
+    return _assess(map_path, reference, **options)

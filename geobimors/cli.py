@@ -634,6 +634,92 @@ def evaluate_command(
             click.echo(f"base {b2n['base']:.4f}  new {b2n['new']:.4f}  harmonic mean {b2n['harmonic_mean']:.4f}")
 
 
+@cli.command("assess")
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option(
+    "-r",
+    "--reference",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Reference map: a classified raster (integer classes) or labelled polygons.",
+)
+@click.option(
+    "--mapping",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CSV of 'map label,reference class' rows (raster classes are pixel values).  "
+    "[default: map labels are reference class names]",
+)
+@click.option("--class-column", default="label", show_default=True, help="Class attribute of reference polygons.")
+@click.option("--band", type=int, default=1, show_default=True, help="Band of the reference raster.")
+@click.option(
+    "--min-purity",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Score only chips whose majority reference class covers this share of them (0: all, by majority).",
+)
+@click.option(
+    "--min-cover",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Score only chips with at least this share under the reference (not nodata, inside a polygon).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write REPORT.json, REPORT.csv (per class + matrix) and REPORT.chips.csv (per chip, with purity).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the reports if they exist.")
+@common_options
+def assess_command(
+    map_path: Path,
+    reference: Path,
+    mapping: Path | None,
+    class_column: str,
+    band: int,
+    min_purity: float,
+    min_cover: float,
+    output: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    debug: bool,
+) -> None:
+    """Accuracy of a geobimors MAP (GeoPackage) against a reference map.
+
+    Each chip gets the reference class covering most of it (its purity is that
+    class's share); prints the confusion matrix, overall accuracy, Cohen's kappa,
+    per-class precision (user's accuracy), recall (producer's accuracy) and F1,
+    the majority-class baseline and area-weighted figures.
+    """
+    from geobimors.assess import assess
+
+    if output is not None:
+        stem = output.with_suffix("") if output.suffix.lower() in (".json", ".csv") else output
+        for suffix in (".json", ".csv", ".chips.csv"):
+            existing = stem.with_name(stem.name + suffix)
+            if existing.exists() and not overwrite:
+                raise InputError(f"output {existing} already exists; pass --overwrite to replace it")
+    result = assess(
+        map_path,
+        reference,
+        mapping=mapping,
+        class_column=class_column,
+        band=band,
+        min_purity=min_purity,
+        min_cover=min_cover,
+    )
+    written = result.write(output, overwrite=overwrite) if output is not None else []
+    if not quiet:
+        for line in result.lines():
+            click.echo(line)
+        for path in written:
+            click.echo(f"output: {path}")
+
+
 def _default_output(scene: str) -> str:
     name = scene.rstrip("/").split("/")[-1].split("?")[0] or "scene"
     stem = name.rsplit(".", 1)[0] if "." in name else name

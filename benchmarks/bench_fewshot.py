@@ -1,0 +1,151 @@
+"""Few-shot adaptation of the bundled mini model: 1/4/16 shots x heads on three datasets (issue 14).
+
+    python benchmarks/bench_fewshot.py [--shots 1 4 16] [--seeds 0] [--methods ...] [--epochs 5]
+
+Splits: ``benchmarks/splits/*.json`` (UC Merced and AID subset: seeded, stratified
+60/20/20; EuroSAT: its train/ and val/ trees). Shots are drawn with the seed from
+the train split; prompt learners keep their best epoch on ``--val-per-class``
+images per class of the val split, and the probe/Tip-Adapter choose their one
+hyperparameter on the same images. Every method is scored on the same test images:
+the UC Merced and AID test splits, and a seeded ``--eurosat-eval-per-class`` images
+per class of the EuroSAT validation split (no EuroSAT test split is shared).
+Class names are the readable names of :mod:`geobimors.class_names`. Training time is
+wall-clock on this machine, including encoding the shots for probe/tip (their fit
+alone is in ``fit_seconds``). Results are appended to ``--json`` as they finish, so
+a partial run is still usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geobimors.heads.checkpoint import build_head
+from geobimors.heads.probe import EmbeddingHead
+from geobimors.heads.zero_shot import ZeroShotHead
+from geobimors.models.captions import CaptionerSpec
+from geobimors.models.clip import ClipModel, load_model
+from geobimors.train.data import load_image_folder, load_image_list
+from geobimors.train.embedding import embed_images, fit_embedding_head
+from geobimors.train.evaluate import evaluate
+from geobimors.train.loop import TrainSettings, train_head
+
+from common import ROOT, machine
+
+SHARED = ROOT.parent / "shared" / "data"
+SPLITS = ROOT / "benchmarks" / "splits"
+METHODS = ("zero-shot", "probe", "tip", "coop", "cocoop", "bimors")
+
+
+def dataset_splits(name: str, shots: int, seed: int, val_per_class: int, eurosat_eval: int) -> dict[str, Any]:
+    """Shots from train, validation images from val, the fixed test images."""
+    if name == "eurosat":
+        root = SHARED / "eurosat_rgb"
+        train = load_image_folder(root / "train", shots, seed)
+        # Validation images: other train images than the shots.
+        val = load_image_folder(root / "train", val_per_class, seed + 1, exclude=set(train.sources), at_most=True)
+        test = load_image_folder(root / "val", eurosat_eval, 0)
+        return {"train": train, "val": val, "test": test, "test_split": f"val ({eurosat_eval} per class, seed 0)"}
+    record = json.loads((SPLITS / f"{name}.json").read_text())
+    root = SHARED / Path(record["root"]).name
+    splits = record["splits"]
+    return {
+        "train": load_image_list(root, splits["train"], shots, seed),
+        "val": load_image_list(root, splits["val"], val_per_class, seed),
+        "test": load_image_list(root, splits["test"]),
+        "test_split": f"test (benchmarks/splits/{name}.json, split seed {record['seed']})",
+    }
+
+
+def run_one(
+    clip: ClipModel,
+    method: str,
+    data: dict[str, Any],
+    test_features: torch.Tensor,
+    seed: int,
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """Train (unless zero-shot) and score one method on one dataset and shot count."""
+    train, val, test = data["train"], data["val"], data["test"]
+    targets = torch.as_tensor(test.targets)
+    if method == "zero-shot":
+        head = ZeroShotHead(clip, test.labels)
+        logits = clip.logit_scale * test_features @ head.class_features.T
+        return {"accuracy": float((logits.argmax(1) == targets).float().mean()), "train_seconds": 0.0}
+    torch.manual_seed(seed)
+    spec = CaptionerSpec("none")
+    head = build_head(method, clip, train.labels, 4, "a photo of a", spec)
+    start = time.monotonic()
+    extra: dict[str, Any] = {}
+    if isinstance(head, EmbeddingHead):
+        _, details = fit_embedding_head(head, train, val, seed)
+        seconds = time.monotonic() - start
+        logits = head.logits_from_embeddings(test_features)
+        accuracy = float((logits.argmax(1) == targets).float().mean())
+        extra = {"fit_seconds": details["fit_seconds"], "choice": details["choice"]}
+    else:
+        result = train_head(head, train, val, settings, None, "none")
+        seconds = time.monotonic() - start
+        accuracy = evaluate(head, test, batch_size=64).accuracy
+        extra = {"best_epoch": result.best_epoch, "epochs": settings.epochs}
+    return {"accuracy": accuracy, "train_seconds": seconds, **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "fewshot.json")
+    parser.add_argument("--datasets", nargs="+", default=["eurosat", "ucmerced", "aid"])
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=5, help="Prompt learners' epochs (paper: 10).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Prompt learners' batch size (paper: 4).")
+    parser.add_argument("--val-per-class", type=int, default=4)
+    parser.add_argument("--eurosat-eval-per-class", type=int, default=100)
+    args = parser.parse_args()
+    clip = load_model("mini", device="cpu")
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": "python benchmarks/bench_fewshot.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "json"
+        ),
+        "results": [],
+    }
+    settings_for = {
+        seed: TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=seed) for seed in args.seeds
+    }
+    for name in args.datasets:
+        test_features: torch.Tensor | None = None
+        for shots in args.shots:
+            for seed in args.seeds:
+                data = dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class)
+                if test_features is None:
+                    test_features = embed_images(clip, data["test"].images)
+                for method in args.methods:
+                    if method == "zero-shot" and (shots != args.shots[0] or seed != args.seeds[0]):
+                        continue
+                    row = run_one(clip, method, data, test_features, seed, settings_for[seed])
+                    row.update(
+                        dataset=name,
+                        method=method,
+                        shots=0 if method == "zero-shot" else shots,
+                        seed=seed,
+                        test_split=data["test_split"],
+                        test_images=len(data["test"]),
+                        classes=len(data["test"].labels),
+                    )
+                    report["results"].append(row)
+                    print(json.dumps(row), flush=True)
+                    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
