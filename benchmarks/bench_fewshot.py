@@ -11,8 +11,9 @@ the UC Merced and AID test splits, and a seeded ``--eurosat-eval-per-class`` ima
 per class of the EuroSAT validation split (no EuroSAT test split is shared).
 Class names are the readable names of :mod:`geobimors.class_names`. Training time is
 wall-clock on this machine, including encoding the shots for probe/tip (their fit
-alone is in ``fit_seconds``). Results are appended to ``--json`` as they finish, so
-a partial run is still usable.
+alone is in ``fit_seconds``). Results are appended to ``--json`` as they finish, and
+a rerun skips the rows already there (run the cheap methods first, then the prompt
+learners), so a partial run is still usable.
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ def main() -> None:
         ),
         "results": [],
     }
+    if args.json.exists():  # resume: keep finished rows, run the rest
+        previous = json.loads(args.json.read_text())
+        report["results"] = previous.get("results", [])
+        report["runs"] = previous.get("runs", [])
+    report.setdefault("runs", []).append({"command": report.pop("command"), "machine": report["machine"]})
+    done = {(r["dataset"], r["method"], r["shots"], r["seed"]) for r in report["results"]}
     settings_for = {
         seed: TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=seed) for seed in args.seeds
     }
@@ -126,14 +133,21 @@ def main() -> None:
         test_features: torch.Tensor | None = None
         for shots in args.shots:
             for seed in args.seeds:
+                todo = [
+                    m
+                    for m in args.methods
+                    if (name, m, 0 if m == "zero-shot" else shots, seed) not in done
+                    and not (m == "zero-shot" and (shots != args.shots[0] or seed != args.seeds[0]))
+                ]
+                if not todo:
+                    continue
                 data = dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class)
                 if test_features is None:
                     test_features = embed_images(clip, data["test"].images)
-                for method in args.methods:
-                    if method == "zero-shot" and (shots != args.shots[0] or seed != args.seeds[0]):
-                        continue
+                for method in todo:
                     row = run_one(clip, method, data, test_features, seed, settings_for[seed])
                     row.update(
+                        run=len(report["runs"]),
                         dataset=name,
                         method=method,
                         shots=0 if method == "zero-shot" else shots,

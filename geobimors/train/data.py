@@ -335,7 +335,7 @@ def _chips_under(grid: ChipGrid, transform: Affine, bounds: np.ndarray) -> list[
     seen: set[tuple[int, int]] = set()
     chips: list[Chip] = []
     for minx, miny, maxx, maxy in bounds:
-        corners = [inverse * (x, y) for x in (minx, maxx) for y in (miny, maxy)]
+        corners = [inverse @ (x, y) for x in (minx, maxx) for y in (miny, maxy)]
         cols = [c for c, _ in corners]
         rows = [r for _, r in corners]
         col_lo = max(0, math.floor((min(cols) - grid.chip_width) / grid.stride_x) + 1)

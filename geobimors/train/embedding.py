@@ -3,7 +3,7 @@
 The images are encoded once (no augmentation); the fit itself never touches
 pixels, so it also runs from stored embeddings. Each head's one regularisation
 choice is made on held-out data: the validation images when there are any,
-else k-fold cross-validation on the shots (the probe) or leave-one-out on the
+else 3-fold cross-validation on the shots (the probe) or leave-one-out on the
 cache (Tip-Adapter). With a single shot per class there is nothing to hold
 out: fixed defaults are used, and the training result says so.
 """
@@ -26,7 +26,7 @@ from geobimors.train.data import LabelledImages
 from geobimors.train.loop import TrainResult
 
 # Strengths of the pull toward the text classifier (per unit squared distance; the loss is a mean over shots).
-PROBE_WEIGHT_DECAYS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)
+PROBE_WEIGHT_DECAYS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PROBE_DEFAULT_DECAY = 0.1
 TIP_ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0)
 TIP_BETAS = (1.0, 3.0, 5.5, 10.0)
@@ -67,7 +67,7 @@ def fit_probe_weights(
     anchor: torch.Tensor,
     scale: float,
     weight_decay: float,
-    max_iter: int = 100,
+    max_iter: int = 50,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (C, E) and biases (C,) minimising cross-entropy + ``weight_decay * ||W - anchor||^2`` (L-BFGS).
 
@@ -127,7 +127,7 @@ def _fit_probe(
             w, b = fit_probe_weights(train_x, train_y, anchor, scale, decay)
             history.append({"weight_decay": decay, "val_accuracy": _accuracy(scale * val_x @ w.T + b, val_y)})
     elif shots >= 2:
-        k = min(5, shots)
+        k = min(3, shots)
         selection = f"{k}-fold cross-validation on the shots"
         folds = _folds(train_y.cpu().numpy(), k, seed)
         for decay in PROBE_WEIGHT_DECAYS:
