@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import xarray as xr
 
-    from geobimors.assess import Assessment
+    from geobimors.accuracy import Assessment
     from geobimors.heads.base import Head
     from geobimors.labels import Label
     from geobimors.models.clip import ClipModel
@@ -165,7 +165,7 @@ def read_labels(path: str | Path) -> list[Label]:
 
 
 def assess(map_path: str | Path, reference: str | Path, **options: Any) -> Assessment:
-    """Accuracy of a map against a reference raster or polygons (see :func:`geobimors.assess.assess`)."""
-    from geobimors.assess import assess as _assess
+    """Accuracy of a map against a reference raster or polygons (see :func:`geobimors.accuracy.assess`)."""
+    from geobimors.accuracy import assess as _assess
 
     return _assess(map_path, reference, **options)

@@ -695,7 +695,7 @@ def assess_command(
     per-class precision (user's accuracy), recall (producer's accuracy) and F1,
     the majority-class baseline and area-weighted figures.
     """
-    from geobimors.assess import assess
+    from geobimors.accuracy import assess
 
     if output is not None:
         stem = output.with_suffix("") if output.suffix.lower() in (".json", ".csv") else output

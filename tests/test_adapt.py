@@ -215,3 +215,20 @@ def test_polygons_without_a_pure_chip_say_what_to_do(
     result = run_cli(capsys, *args, "--head", "probe", "-o", tmp_path / "h.safetensors")
     assert result.exit_code == 2 and "--min-purity" in result.err and "Traceback" not in result.err
     assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_transductive_refinement_keeps_zero_shot_without_context_and_follows_neighbours() -> None:
+    from geobimors.train.transductive import grid_neighbours, refine
+
+    rows, cols = np.divmod(np.arange(9), 3)
+    neighbours = grid_neighbours(rows, cols)
+    assert torch.allclose(torch.sparse.sum(neighbours, dim=1).to_dense(), torch.ones(9))
+    assert neighbours.to_dense()[4].count_nonzero() == 8 and neighbours.to_dense()[0].count_nonzero() == 3
+    logits = torch.tensor([[2.0, 0.0]] * 9)
+    logits[4] = torch.tensor([0.0, 0.5])  # the centre chip alone leans to class 1
+    features = F.normalize(torch.randn(9, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    plain = refine(features, logits, likelihood_weight=0.0)
+    assert torch.allclose(plain, logits.softmax(1), atol=1e-6)
+    smoothed = refine(features, logits, likelihood_weight=0.0, neighbours=neighbours, spatial_weight=2.0)
+    assert plain[4].argmax() == 1 and smoothed[4].argmax() == 0
+    assert (smoothed.argmax(1) == 0).all()

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import shapely
 
-from geobimors.assess import assess, cohen_kappa, overall_accuracy, per_class_scores
+import geobimors
+from geobimors.accuracy import assess, cohen_kappa, overall_accuracy, per_class_scores
 
 from cli_helpers import assert_one_line_error, run_cli
 from rasters import UTM32N, make_geotiff
@@ -90,6 +91,10 @@ def test_polygon_reference_without_mapping(tmp_path: Path) -> None:
     assert result.confusion.tolist() == [[1, 1, 0], [0, 0, 1]]
     assert result.to_dict()["overall_accuracy"] == pytest.approx(1 / 3)
     assert [c["purity"] for c in result.chips] == pytest.approx([1.0, 0.6, 1.0])
+    # The package-level API, twice (a module of the same name must not shadow it).
+    for _ in range(2):
+        again = geobimors.assess(map_path, tmp_path / "ref.gpkg", class_column="cover")
+        assert again.confusion.tolist() == result.confusion.tolist()
 
 
 def test_assess_cli_writes_reports_and_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -48,7 +48,12 @@ def test_train_evaluate_and_map_with_a_head(
     assert "epoch=1" in result.err and "val_accuracy=" in result.err
     meta = read_metadata(head)
     assert meta["head"] == "bimors" and meta["config"]["captioner"]["name"] == tiny_blip2
-    assert [label["name"] for label in meta["labels"]] == ["annual crop land", "forest", "residential buildings", "sea or lake"]
+    assert [label["name"] for label in meta["labels"]] == [
+        "annual crop land",
+        "forest",
+        "residential buildings",
+        "sea or lake",
+    ]
     assert meta["training"]["shots"] == 4 and meta["training"]["settings"]["lr"] == 0.009
     assert 1 <= meta["training"]["result"]["best_epoch"] <= 2
 

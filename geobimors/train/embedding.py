@@ -28,7 +28,7 @@ from geobimors.train.loop import TrainResult
 # Strengths of the pull toward the text classifier (per unit squared distance; the loss is a mean over shots).
 PROBE_WEIGHT_DECAYS = (1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 PROBE_DEFAULT_DECAY = 0.1
-TIP_ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0)
+TIP_ALPHAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 TIP_BETAS = (1.0, 3.0, 5.5, 10.0)
 TIP_DEFAULT = (1.0, 5.5)
 
