@@ -97,6 +97,47 @@ def run_one(
     return {"accuracy": accuracy, "train_seconds": seconds, **extra}
 
 
+def timing_1000(clip: ClipModel, seed: int = 0) -> dict[str, Any]:
+    """Probe and Tip-Adapter on 1,000 EuroSAT train images (100 per class), 4 val images per class."""
+    root = SHARED / "eurosat_rgb" / "train"
+    train = load_image_folder(root, 100, seed)
+    val = load_image_folder(root, 4, seed + 1, exclude=set(train.sources), at_most=True)
+    timings = {}
+    for method in ("probe", "tip"):
+        head = build_head(method, clip, train.labels)
+        assert isinstance(head, EmbeddingHead)
+        start = time.monotonic()
+        _, details = fit_embedding_head(head, train, val, seed)
+        timings[method] = {
+            "examples": len(train),
+            "total_seconds": time.monotonic() - start,
+            "embed_seconds": details["embed_seconds"],
+            "fit_seconds": details["fit_seconds"],
+        }
+    return timings
+
+
+def markdown_table(report: dict[str, Any], shots: tuple[int, ...] = (1, 4, 16)) -> str:
+    """Top-1 (training seconds) per dataset, method and shot count, from the report's rows."""
+    rows = report.get("results", [])
+    lines = ["| dataset | method | " + " | ".join(f"{k}-shot" for k in shots) + " |"]
+    lines.append("|---|---|" + "---|" * len(shots))
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for method in METHODS:
+            found = {r["shots"]: r for r in rows if r["dataset"] == dataset and r["method"] == method}
+            if not found:
+                continue
+            if method == "zero-shot":
+                cells = [f"{found[0]['accuracy']:.3f}"] * len(shots)
+            else:
+                cells = [
+                    f"{found[k]['accuracy']:.3f} ({found[k]['train_seconds']:.0f} s)" if k in found else "not run"
+                    for k in shots
+                ]
+            lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "fewshot.json")
@@ -108,8 +149,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Prompt learners' batch size (paper: 4).")
     parser.add_argument("--val-per-class", type=int, default=4)
     parser.add_argument("--eurosat-eval-per-class", type=int, default=100)
+    parser.add_argument("--timing", action="store_true", help="Only time probe/tip on 1,000 examples.")
+    parser.add_argument("--table", action="store_true", help="Only print the Markdown table of --json.")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.json.read_text())))
+        return
     clip = load_model("mini", device="cpu")
+    if args.timing:
+        report = json.loads(args.json.read_text()) if args.json.exists() else {}
+        report["timing_1000"] = {**timing_1000(clip), "machine": machine()}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["timing_1000"], indent=2))
+        return
     report: dict[str, Any] = {
         "machine": machine(),
         "command": "python benchmarks/bench_fewshot.py "

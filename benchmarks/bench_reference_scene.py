@@ -91,10 +91,7 @@ def scene_context(clip: Any) -> dict[str, Any]:
                 refine(features, logits, neighbours=neighbours, spatial_weight=s), truth
             )
         variants[name] = scores
-    chosen = {
-        family: max((k for k in variants["train"] if k.startswith(family)), key=lambda k: variants["train"][k])
-        for family in ("gmm ", "spatial ", "gmm 1.0 + spatial ")
-    }
+    chosen = choose(variants["train"])
     datasets: dict[str, dict[str, float]] = {}
     for name, folder in (("ucmerced", "ucmerced"), ("aid", "aid_subset")):
         record = json.loads((ROOT / "benchmarks" / "splits" / f"{name}.json").read_text())
@@ -106,6 +103,16 @@ def scene_context(clip: Any) -> dict[str, Any]:
         "val_mosaic_with_chosen": {family: variants["val"][key] for family, key in chosen.items()},
         "gmm_on_test_splits": datasets,
     }
+
+
+def choose(scores: dict[str, float]) -> dict[str, str]:
+    """Per family (Gaussian mixture alone, spatial alone, both), the variant best on these scores."""
+    families = {
+        "gmm": lambda k: k.startswith("gmm ") and "spatial" not in k,
+        "spatial": lambda k: k.startswith("spatial "),
+        "gmm + spatial": lambda k: k.startswith("gmm 1.0 + spatial "),
+    }
+    return {family: max((k for k in scores if match(k)), key=lambda k: scores[k]) for family, match in families.items()}
 
 
 def _gmm_scores(clip: Any, data: Any) -> dict[str, float]:

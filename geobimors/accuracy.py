@@ -320,8 +320,8 @@ def _raster_fractions(chips: Any, reference: Path, band: int) -> tuple[np.ndarra
             data = ds.read(band, window=window, masked=True)
             inside = ~geometry_mask([geometry], data.shape, ds.window_transform(window), all_touched=False)
             values = data.data[inside & ~np.ma.getmaskarray(data)]
-            unique, n = np.unique(values, return_counts=True)
-            counts.append(dict(zip(unique.tolist(), n.tolist())))
+            unique, occurrences = np.unique(values, return_counts=True)
+            counts.append(dict(zip(unique.tolist(), occurrences.tolist())))
             totals[i] = inside.sum()
     codes = sorted({code for c in counts for code in c})
     fractions = np.zeros((len(chips), len(codes)))
