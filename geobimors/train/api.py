@@ -78,6 +78,7 @@ def load_training_data(
     """
     if classes not in CLASS_SETS:
         raise InputError(f"--classes {classes!r}: use all, base or new")
+    val: LabelledImages | None = None
     if val_shots < 0:
         raise InputError(f"--val-shots must be 0 or more, got {val_shots}")
     path = Path(data)
@@ -87,8 +88,9 @@ def load_training_data(
         chips, groups = load_geometries(path, scene, label_column, chip_size, model, bands, min_purity=min_purity)
         train_idx, val_idx = _split_geometries(chips.targets, groups, shots, seed, val_shots > 0)
         everything = chips
-        train, val = _take(everything, train_idx), (_take(everything, val_idx) if len(val_idx) else None)
-        train, val = _select_classes(train, classes), (_select_classes(val, classes) if val is not None else None)
+        train = _select_classes(_take(everything, train_idx), classes)
+        if len(val_idx):
+            val = _select_classes(_take(everything, val_idx), classes)
         if val is None and val_shots > 0:
             warn(
                 f"{path}: no class has two or more geometries to hold one out, so there is no validation split "
@@ -106,7 +108,6 @@ def load_training_data(
     root = path / "train" if (path / "train").is_dir() else path
     train = _select_classes(load_image_folder(root, shots, seed, labels_file), classes)
     val_root = path / "val" if (path / "val").is_dir() else None
-    val: LabelledImages | None = None
     if val_shots == 0:
         pass
     elif val_root is not None:
