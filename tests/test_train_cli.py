@@ -173,6 +173,8 @@ def test_train_and_map_errors(
             tiny_model,
             "--shots",
             "2",
+            "--head",
+            "bimors",
             "--captioner",
             "no/such-model",
             "-o",

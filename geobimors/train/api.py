@@ -169,7 +169,7 @@ def train(
     data: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: str = "mini",
-    head: str = "bimors",
+    head: str = "probe",
     shots: int | None = None,
     settings: TrainSettings | None = None,
     captioner: str = "none",
@@ -187,6 +187,10 @@ def train(
     **polygon_options: Any,
 ) -> tuple[Head, TrainResult]:
     """Train a head few-shot and save it as a checkpoint.
+
+    ``head`` is ``probe`` (default) or ``tip`` (fitted on frozen image embeddings in
+    seconds), or a prompt learner ``bimors``, ``coop``, ``cocoop`` (trained for
+    ``settings.epochs``). Other arguments are the ``geobimors train`` options.
 
     Returns:
         The trained head and the training result.
