@@ -432,7 +432,7 @@ def caption_command(
     show_default=True,
     help="probe: linear probe anchored to the zero-shot classifier; tip: Tip-Adapter cache (both fit on frozen "
     "image embeddings in seconds); bimors/coop/cocoop: prompt learners (epochs of backpropagation through the "
-    "text tower). The default is the most accurate in docs/benchmarks.md at 1-16 shots, and the fastest.",
+    "text tower). The default was the most accurate at 4-16 shots in docs/benchmarks.md, and the fastest.",
 )
 @click.option(
     "--shots",
