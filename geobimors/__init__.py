@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import geopandas as gpd
     import xarray as xr
 
+    from geobimors.accuracy import Assessment
     from geobimors.embeddings.embed import EmbedSummary
     from geobimors.embeddings.store import EmbeddingStore
     from geobimors.heads.base import Head
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "__version__",
+    "assess",
     "classify",
     "classify_embeddings",
     "embed",
@@ -272,3 +274,10 @@ def classify_embeddings(
     from geobimors.embeddings.classify import classify_embeddings as _classify_embeddings
 
     return _classify_embeddings(store, labels, head=head, model=model, top_k=top_k, device=device)
+
+
+def assess(map_path: str | Path, reference: str | Path, **options: Any) -> Assessment:
+    """Accuracy of a map against a reference raster or polygons (see :func:`geobimors.accuracy.assess`)."""
+    from geobimors.accuracy import assess as _assess
+
+    return _assess(map_path, reference, **options)

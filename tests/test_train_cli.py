@@ -48,7 +48,12 @@ def test_train_evaluate_and_map_with_a_head(
     assert "epoch=1" in result.err and "val_accuracy=" in result.err
     meta = read_metadata(head)
     assert meta["head"] == "bimors" and meta["config"]["captioner"]["name"] == tiny_blip2
-    assert [label["name"] for label in meta["labels"]] == ["annual crop", "forest", "residential", "sea lake"]
+    assert [label["name"] for label in meta["labels"]] == [
+        "annual crop land",
+        "forest",
+        "residential buildings",
+        "sea or lake",
+    ]
     assert meta["training"]["shots"] == 4 and meta["training"]["settings"]["lr"] == 0.009
     assert 1 <= meta["training"]["result"]["best_epoch"] <= 2
 
@@ -71,9 +76,9 @@ def test_train_evaluate_and_map_with_a_head(
     data = json.loads(report.read_text())
     assert data["n"] == 16
     assert set(data["base_to_new"]) >= {"base", "new", "harmonic_mean"}
-    assert data["base_to_new"]["base_classes"] == ["annual crop", "forest"]
+    assert data["base_to_new"]["base_classes"] == ["annual crop land", "forest"]
     rows = list(csv.reader(confusion.open()))
-    assert rows[0][1:] == ["annual crop", "forest", "residential", "sea lake"]
+    assert rows[0][1:] == ["annual crop land", "forest", "residential buildings", "sea or lake"]
     counts = np.array([[int(v) for v in row[1:]] for row in rows[1:]])
     assert [row[0] for row in rows[1:]] == rows[0][1:]
     assert counts.sum(axis=1).tolist() == [4, 4, 4, 4]  # rows: the true classes, 4 validation images each
@@ -89,7 +94,7 @@ def test_train_evaluate_and_map_with_a_head(
     assert result.exit_code == 0, result.err
     chips = gpd.read_file(out, layer="chips")
     assert len(chips) == 4 and chips["caption"].map(lambda c: isinstance(c, str)).all()
-    assert set(chips["label"]) <= {"annual crop", "forest", "residential", "sea lake"}
+    assert set(chips["label"]) <= {"annual crop land", "forest", "residential buildings", "sea or lake"}
     assert (chips["head"] == "head.safetensors").all()
 
 
@@ -117,10 +122,10 @@ def test_train_baselines_and_zero_shot_evaluation(
         "-q",
     )
     assert result.exit_code == 0, result.err
-    assert [label["name"] for label in read_metadata(head)["labels"]] == ["annual crop", "forest"]
+    assert [label["name"] for label in read_metadata(head)["labels"]] == ["annual crop land", "forest"]
     # New classes at evaluation: the learned context goes with any class names.
     result = run_cli(capsys, "evaluate", small_eurosat / "val", "--head", head)
-    assert result.exit_code == 0 and "sea lake" in result.out
+    assert result.exit_code == 0 and "sea or lake" in result.out
     result = run_cli(capsys, "evaluate", small_eurosat, "-m", tiny_model, "--zero-shot", "--limit-per-class", "2")
     assert result.exit_code == 0 and "on 8 images" in result.out
 
@@ -174,6 +179,8 @@ def test_train_and_map_errors(
             tiny_model,
             "--shots",
             "2",
+            "--head",
+            "bimors",
             "--captioner",
             "no/such-model",
             "-o",

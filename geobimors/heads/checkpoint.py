@@ -23,10 +23,13 @@ from geobimors.heads.base import Head
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import ClipModel
+from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 
 FORMAT = "geobimors-head"
 FORMAT_VERSION = 1
-HEAD_KINDS = ("coop", "cocoop", "bimors")
+HEAD_KINDS = ("coop", "cocoop", "bimors", "probe", "tip")
+# Heads fitted on frozen pooled image embeddings (geobimors.train.embedding), not by the prompt-learning loop.
+EMBEDDING_HEAD_KINDS = ("probe", "tip")
 
 
 def build_head(
@@ -37,11 +40,13 @@ def build_head(
     ctx_init: str = "a photo of a",
     captioner: CaptionerSpec | None = None,
     caption_encoder: str = "minilm",
+    templates: Sequence[str] | None = None,
 ) -> Head:
-    """A new, untrained head of the given kind."""
+    """A new, untrained head of the given kind (``templates``: prompt templates of the probe/tip text classifier)."""
     from geobimors.heads.bimors import BiMoRSHead
     from geobimors.heads.cocoop import CoCoOpHead
     from geobimors.heads.coop import CoOpHead
+    from geobimors.heads.probe import LinearProbeHead, TipAdapterHead
 
     if kind == "coop":
         return CoOpHead(clip, labels, n_ctx, ctx_init)
@@ -49,6 +54,10 @@ def build_head(
         return CoCoOpHead(clip, labels, n_ctx, ctx_init)
     if kind == "bimors":
         return BiMoRSHead(clip, labels, n_ctx, ctx_init, captioner, caption_encoder)
+    if kind == "probe":
+        return LinearProbeHead(clip, labels, templates or REMOTE_SENSING_TEMPLATES)
+    if kind == "tip":
+        return TipAdapterHead(clip, labels, templates or REMOTE_SENSING_TEMPLATES)
     raise ModelError(f"unknown head {kind!r}; use one of {', '.join(HEAD_KINDS)}")
 
 
@@ -156,6 +165,7 @@ def load_head(path: str | Path, clip: ClipModel, labels: Sequence[Label] | None 
             str(config.get("ctx_init", "")),
             captioner,
             config.get("caption_encoder") or "minilm",
+            templates=config.get("templates"),
         )
         state = load_file(str(path), device=str(clip.device))
         head.load_state_dict({k: v.to(dtype=torch.float32) for k, v in state.items()}, strict=True)

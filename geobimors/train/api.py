@@ -10,16 +10,27 @@ from typing import Any
 
 import numpy as np
 
-from geobimors.errors import InputError
+from geobimors.errors import InputError, warn
 from geobimors.heads.base import Head
 from geobimors.heads.checkpoint import build_head, load_head, save_head
+from geobimors.heads.probe import EmbeddingHead
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import load_model
-from geobimors.train.data import LabelledImages, load_image_folder, load_polygons, split_base_new
+from geobimors.train.data import (
+    DEFAULT_MIN_PURITY,
+    LabelledImages,
+    images_left_per_class,
+    load_geometries,
+    load_image_folder,
+    split_base_new,
+)
+from geobimors.train.embedding import fit_embedding_head
 from geobimors.train.evaluate import evaluate, evaluate_base_to_new
 from geobimors.train.loop import TrainResult, TrainSettings, train_head
 
 CLASS_SETS = ("all", "base", "new")
+VECTOR_SUFFIXES = {".gpkg", ".geojson", ".json", ".shp", ".fgb", ".parquet"}
+DEFAULT_SHOTS = 16
 
 
 @dataclass
@@ -40,7 +51,7 @@ def _select_classes(data: LabelledImages, classes: str) -> LabelledImages:
 
 def load_training_data(
     data: str | os.PathLike[str],
-    shots: int,
+    shots: int | None,
     seed: int = 0,
     labels_file: str | os.PathLike[str] | None = None,
     classes: str = "all",
@@ -50,45 +61,94 @@ def load_training_data(
     model: str = "mini",
     chip_size: str | None = None,
     bands: tuple[int, ...] | None = None,
+    min_purity: float = DEFAULT_MIN_PURITY,
 ) -> TrainingData:
     """K shots per class for training and disjoint images for validation.
 
     ``data`` is an ImageFolder tree (class folders), a folder with ``train/``
-    (and ``val/``) trees, or a vector file of labelled polygons over ``scene``.
-    Without a ``val/`` tree, validation takes ``val_shots`` other images per class.
+    (and ``val/``) trees, or a vector file of labelled polygons or points over
+    ``scene`` (every grid chip they cover to ``min_purity``). Without a ``val/``
+    tree, validation takes ``val_shots`` other images per class; when some class
+    has no image left (e.g. 10 images and ``--shots 10``), there is no
+    validation split: a warning says so, prompt learners keep their last epoch
+    and embedding heads cross-validate on the shots. ``val_shots=0`` asks for
+    no validation. With polygons, whole geometries are held out for validation
+    (chips of one polygon look alike). ``shots=None``: 16 per class for image
+    folders, every chip for polygons and points.
     """
     if classes not in CLASS_SETS:
         raise InputError(f"--classes {classes!r}: use all, base or new")
+    val: LabelledImages | None = None
+    if val_shots < 0:
+        raise InputError(f"--val-shots must be 0 or more, got {val_shots}")
     path = Path(data)
-    if path.suffix.lower() in {".gpkg", ".geojson", ".shp", ".fgb"}:
+    if path.suffix.lower() in VECTOR_SUFFIXES:
         if scene is None:
-            raise InputError(f"training from polygons in {path} needs --scene RASTER")
-        everything = _select_classes(load_polygons(path, scene, label_column, chip_size, model, bands), classes)
-        train_idx, val_idx = _split_polygons(everything.targets, shots, seed)
-        train = _take(everything, train_idx)
-        val = _take(everything, val_idx) if len(val_idx) else None
-        return TrainingData(train, val, {"polygons": str(path), "scene": scene, "label_column": label_column})
+            raise InputError(f"training from polygons or points in {path} needs --scene RASTER")
+        chips, groups = load_geometries(path, scene, label_column, chip_size, model, bands, min_purity=min_purity)
+        train_idx, val_idx = _split_geometries(chips.targets, groups, shots, seed, val_shots > 0)
+        everything = chips
+        train = _select_classes(_take(everything, train_idx), classes)
+        if len(val_idx):
+            val = _select_classes(_take(everything, val_idx), classes)
+        if val is None and val_shots > 0:
+            warn(
+                f"{path}: no class has two or more geometries to hold one out, so there is no validation split "
+                "(prompt learners keep their last epoch); label more polygons or points per class"
+            )
+        description = {
+            "geometries": str(path),
+            "scene": scene,
+            "label_column": label_column,
+            "min_purity": min_purity,
+            "chips": {label.name: int((everything.targets == k).sum()) for k, label in enumerate(everything.labels)},
+        }
+        return TrainingData(train, val, description)
+    shots = DEFAULT_SHOTS if shots is None else shots
     root = path / "train" if (path / "train").is_dir() else path
     train = _select_classes(load_image_folder(root, shots, seed, labels_file), classes)
     val_root = path / "val" if (path / "val").is_dir() else None
-    if val_root is not None:
+    if val_shots == 0:
+        pass
+    elif val_root is not None:
         val = _select_classes(load_image_folder(val_root, val_shots, seed, labels_file, at_most=True), classes)
     else:
-        val = _select_classes(
-            load_image_folder(root, val_shots, seed + 1, labels_file, exclude=set(train.sources), at_most=True), classes
-        )
-    return TrainingData(train, val, {"train": str(root), "val": str(val_root or root), "classes": classes})
+        left = images_left_per_class(root, set(train.sources))
+        empty = [folder for folder, n in left.items() if n == 0]
+        if empty:
+            warn(
+                f"class folder {root / empty[0]} has no image left for validation after {shots} shots, so there "
+                "is no validation split: prompt learners keep their last epoch and probe/tip heads cross-validate "
+                "on the shots; add a val/ tree (DATA/train/CLASS, DATA/val/CLASS) or lower --shots"
+            )
+        else:
+            val = _select_classes(
+                load_image_folder(root, val_shots, seed + 1, labels_file, exclude=set(train.sources), at_most=True),
+                classes,
+            )
+    return TrainingData(
+        train, val, {"train": str(root), "val": str(val_root or root) if val else None, "classes": classes}
+    )
 
 
-def _split_polygons(targets: np.ndarray, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per class: up to a fifth (at least one when possible) for validation, then up to ``shots`` for training."""
+def _split_geometries(
+    targets: np.ndarray, groups: np.ndarray, shots: int | None, seed: int, validate: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chip indexes for training and validation, holding out whole geometries.
+
+    Per class: a fifth of its geometries (at least one when it has two) for
+    validation; up to ``shots`` chips of the others for training (all with ``None``).
+    """
     rng = np.random.default_rng(seed)
     train, val = [], []
     for cls in np.unique(targets):
-        index = rng.permutation(np.flatnonzero(targets == cls))
-        n_val = len(index) // 5 if len(index) >= 5 else (1 if len(index) >= 2 else 0)
-        val += list(index[:n_val])
-        train += list(index[n_val : n_val + shots])
+        members = np.flatnonzero(targets == cls)
+        geometries = rng.permutation(np.unique(groups[members]))
+        n_val = (max(1, len(geometries) // 5) if len(geometries) >= 2 else 0) if validate else 0
+        held = np.isin(groups[members], geometries[:n_val])
+        val += list(members[held])
+        rest = rng.permutation(members[~held])
+        train += list(rest if shots is None else rest[:shots])
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
@@ -109,8 +169,8 @@ def train(
     data: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: str = "mini",
-    head: str = "bimors",
-    shots: int = 16,
+    head: str = "probe",
+    shots: int | None = None,
     settings: TrainSettings | None = None,
     captioner: str = "none",
     caption_encoder: str = "minilm",
@@ -128,6 +188,10 @@ def train(
 ) -> tuple[Head, TrainResult]:
     """Train a head few-shot and save it as a checkpoint.
 
+    ``head`` is ``probe`` (default) or ``tip`` (fitted on frozen image embeddings in
+    seconds), or a prompt learner ``bimors``, ``coop``, ``cocoop`` (trained for
+    ``settings.epochs``). Other arguments are the ``geobimors train`` options.
+
     Returns:
         The trained head and the training result.
     """
@@ -137,7 +201,7 @@ def train(
         raise InputError(f"output {out} already exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise InputError(f"output directory {out.parent} does not exist")
-    if shots < 1:
+    if shots is not None and shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
     clip = load_model(model, device, precision)
     loaded = load_training_data(
@@ -145,15 +209,22 @@ def train(
     )
     spec = CaptionerSpec(captioner) if captioner else CaptionerSpec("none")
     new_head = build_head(head, clip, loaded.train.labels, n_ctx, ctx_init, spec, caption_encoder)
-    captions = caption_function(new_head, device, precision)
-    result = train_head(new_head, loaded.train, loaded.val, settings, captions, progress, log)
+    training: dict[str, Any]
+    if isinstance(new_head, EmbeddingHead):
+        result, details = fit_embedding_head(new_head, loaded.train, loaded.val, settings.seed, progress, log)
+        training = {"seed": settings.seed, "fit": details}
+    else:
+        captions = caption_function(new_head, device, precision)
+        result = train_head(new_head, loaded.train, loaded.val, settings, captions, progress, log)
+        training = {"settings": asdict(settings), "seed": settings.seed}
     save_head(
         new_head,
         out,
         {
-            "settings": asdict(settings),
-            "seed": settings.seed,
+            **training,
             "shots": shots,
+            "examples": len(loaded.train),
+            "validation_examples": len(loaded.val) if loaded.val is not None else 0,
             "data": loaded.description,
             "result": result.to_dict(),
         },

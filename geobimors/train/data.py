@@ -1,23 +1,35 @@
 """Labelled images for training and evaluation: ImageFolder trees and polygons over a raster.
 
-Class folder names become label text by splitting CamelCase and underscores
-(``SeaLake`` -> ``sea lake``), or through a labels file with ``FolderName: prompt
-text`` lines. Polygons over a raster are read as chips exactly as ``geobimors map``
-reads them (same bands, scaling and resampling).
+Class folders become labels with readable names (``denseresidential`` -> ``dense
+residential area``, see :mod:`geobimors.class_names`; unknown folders are split into
+words: ``SnowField`` -> ``snow field``), or through a labels file with ``FolderName:
+prompt text`` lines (the text names the class in reports and maps). Polygons and
+points over a raster are read as chips exactly as ``geobimors map`` reads them (same
+grid, bands, scaling and resampling).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geobimors.errors import InputError
-from geobimors.labels import Label, camel_to_words, parse_labels
+from geobimors.class_names import readable_class_name
+from geobimors.errors import InputError, warn
+from geobimors.labels import Label, parse_labels
 from geobimors.raster.images import IMAGE_SUFFIXES, read_rgb
+
+DEFAULT_MIN_PURITY = 0.75
+if TYPE_CHECKING:
+    from affine import Affine
+
+    from geobimors.raster.grid import Chip, ChipGrid
+
 
 
 @dataclass
@@ -71,7 +83,7 @@ def folder_labels(root: Path, labels_file: str | os.PathLike[str] | None = None)
     if len(folders) < 2:
         raise InputError(f"{root} needs at least two class folders (ImageFolder layout: {root}/CLASS/image.jpg)")
     if labels_file is None:
-        return folders, [Label(camel_to_words(f), camel_to_words(f)) for f in folders]
+        return folders, [Label(readable_class_name(f), readable_class_name(f)) for f in folders]
     from geobimors.files import read_regular_file
     from geobimors.labels import MAX_LABELS_FILE_BYTES
 
@@ -85,7 +97,13 @@ def folder_labels(root: Path, labels_file: str | os.PathLike[str] | None = None)
         raise InputError(
             f"labels file {labels_file} has no 'FolderName: prompt text' line for {', '.join(missing[:5])}"
         )
-    return folders, [Label(camel_to_words(f), given[f].prompt) for f in folders]
+    texts = [given[f].prompt for f in folders]
+    repeated = sorted({t for t in texts if texts.count(t) > 1})
+    if repeated:
+        raise InputError(
+            f"labels file {labels_file} gives several folders the same text {repeated[0]!r}; make each unique"
+        )
+    return folders, [Label(given[f].prompt, given[f].prompt) for f in folders]
 
 
 def load_image_folder(
@@ -102,17 +120,63 @@ def load_image_folder(
         root: folder with one sub-folder of images per class.
         shots: images per class (all when ``None``).
         seed: sampling seed.
-        labels_file: ``FolderName: prompt text`` lines (else folder names are split).
+        labels_file: ``FolderName: prompt text`` lines (else readable folder names).
         exclude: image paths to leave out (e.g. the training shots, for validation).
         at_most: take all images of classes with fewer than ``shots`` (else refuse).
     """
     root = Path(root)
     folders, labels = folder_labels(root, labels_file)
+    files = {
+        folder: sorted(p for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for folder in folders
+    }
+    return _sample_images(root, folders, labels, files, shots, seed, exclude, at_most)
+
+
+def load_image_list(
+    root: str | os.PathLike[str],
+    paths: Sequence[str],
+    shots: int | None = None,
+    seed: int = 0,
+    labels_file: str | os.PathLike[str] | None = None,
+) -> LabelledImages:
+    """Load the images of a split file: paths relative to ``root``, the class is their folder.
+
+    Class indexes follow every class folder of ``root`` (sorted), so train, val
+    and test images of one dataset share them.
+
+    Args:
+        root: the ImageFolder tree the paths are relative to.
+        paths: ``CLASS/image.jpg`` paths (e.g. one split of ``benchmarks/splits/*.json``).
+        shots: images per class sampled with ``seed`` from the listed ones (all when ``None``).
+        seed: sampling seed.
+        labels_file: ``FolderName: prompt text`` lines (else readable folder names).
+    """
+    root = Path(root)
+    folders, labels = folder_labels(root, labels_file)
+    files: dict[str, list[Path]] = {folder: [] for folder in folders}
+    for path in sorted(paths):
+        folder = Path(path).parts[0]
+        if folder not in files:
+            raise InputError(f"split path {path} is not in a class folder of {root}")
+        files[folder].append(root / path)
+    return _sample_images(root, folders, labels, files, shots, seed, None, at_most=False)
+
+
+def _sample_images(
+    root: Path,
+    folders: list[str],
+    labels: list[Label],
+    files_by_folder: dict[str, list[Path]],
+    shots: int | None,
+    seed: int,
+    exclude: set[str] | None,
+    at_most: bool,
+) -> LabelledImages:
     rng = np.random.default_rng(seed)
     paths: list[Path] = []
     targets: list[int] = []
     for index, folder in enumerate(folders):
-        files = sorted(p for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = files_by_folder[folder]
         if exclude:
             files = [p for p in files if str(p) not in exclude]
         if not files:
@@ -129,6 +193,18 @@ def load_image_folder(
     return LabelledImages(images, np.array(targets, dtype=np.int64), labels, [str(p) for p in paths])
 
 
+def images_left_per_class(root: str | os.PathLike[str], exclude: set[str]) -> dict[str, int]:
+    """Images of each class folder not in ``exclude`` (e.g. what validation can still use)."""
+    root = Path(root)
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {
+        folder: sum(
+            1 for p in (root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and str(p) not in exclude
+        )
+        for folder in folders
+    }
+
+
 def load_polygons(
     gpkg: str | os.PathLike[str],
     scene: str,
@@ -138,36 +214,65 @@ def load_polygons(
     bands: tuple[int, ...] | None = None,
     gsd: float | None = None,
     layer: str | None = None,
+    min_purity: float = DEFAULT_MIN_PURITY,
 ) -> LabelledImages:
-    """Chips centred on labelled polygons, read from the scene the way ``geobimors map`` reads chips.
+    """Chips of the map grid that labelled polygons or points cover (see :func:`load_geometries`)."""
+    return load_geometries(gpkg, scene, label_column, chip_size, model, bands, gsd, layer, min_purity)[0]
+
+
+def load_geometries(
+    path: str | os.PathLike[str],
+    scene: str,
+    label_column: str = "label",
+    chip_size: str | None = None,
+    model: str = "mini",
+    bands: tuple[int, ...] | None = None,
+    gsd: float | None = None,
+    layer: str | None = None,
+    min_purity: float = DEFAULT_MIN_PURITY,
+) -> tuple[LabelledImages, np.ndarray]:
+    """Every chip of the map grid that labelled polygons (or points) cover, read as ``geobimors map`` reads it.
+
+    A chip is a training example of class K when K's polygons cover at least
+    ``min_purity`` of it (points: when at least that share of the points inside
+    it are K); chips with less than half valid pixels are skipped.
 
     Args:
-        gpkg: vector file with polygons and a label column.
-        scene: the raster the polygons lie on.
-        label_column: attribute holding each polygon's class.
+        path: vector file with polygons or points and a label column.
+        scene: the raster the geometries lie on.
+        label_column: attribute holding each geometry's class.
         chip_size: chip size (default: the model's, else 224 px).
         model: model name (for its default chip size and ground resolution).
         bands: band indexes for RGB.
         gsd: ground resolution to resample to.
         layer: layer of the vector file (default: the first).
+        min_purity: fraction of a chip one class must cover.
+
+    Returns:
+        The chips, and for each the index (row of the file) of the geometry
+        covering most of it, so validation can hold out whole geometries.
     """
     import geopandas as gpd
-    from rasterio.windows import Window
+    import shapely
 
-    from geobimors.raster.grid import Chip
     from geobimors.raster.read import ChipReader
     from geobimors.run.plan import MapSettings, plan_map
+    from geobimors.vector.gpkg import chip_polygons
+    from geobimors.vector.overlay import class_coverage, is_points
 
+    if not 0.0 < min_purity <= 1.0:
+        raise InputError(f"--min-purity must be in (0, 1], got {min_purity}")
     try:
-        frame = gpd.read_file(gpkg, layer=layer)
+        frame = gpd.read_file(path, layer=layer)
     except Exception as exc:  # pyogrio raises several types
-        raise InputError(f"cannot read polygons from {gpkg}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"cannot read polygons or points from {path}: {str(exc).splitlines()[0]}") from None
     if label_column not in frame.columns:
-        raise InputError(f"{gpkg} has no {label_column!r} column; pass --label-column (columns: {list(frame.columns)})")
-    frame = frame[frame[label_column].notna() & frame.geometry.notna()]
+        raise InputError(f"{path} has no {label_column!r} column; pass --label-column (columns: {list(frame.columns)})")
+    frame = frame[frame[label_column].notna() & frame.geometry.notna() & ~frame.geometry.is_empty]
+    frame = frame.reset_index(drop=True)
     names = sorted({str(v) for v in frame[label_column]})
     if len(names) < 2:
-        raise InputError(f"{gpkg} needs polygons of at least two classes in {label_column!r}")
+        raise InputError(f"{path} needs geometries of at least two classes in {label_column!r}")
     labels = [Label(n, n) for n in names]
     plan = plan_map(
         MapSettings(
@@ -176,26 +281,61 @@ def load_polygons(
     )
     if plan.scene.crs is not None and frame.crs is not None and frame.crs != plan.scene.crs:
         frame = frame.to_crs(plan.scene.crs)
+    geometries = np.asarray(frame.geometry.values)
+    kinds = shapely.get_type_id(geometries)
+    points = is_points(geometries)
+    if not points and np.isin(kinds, [shapely.GeometryType.POINT, shapely.GeometryType.MULTIPOINT]).any():
+        raise InputError(f"{path} mixes points and polygons; give one kind per file")
+    classes = np.array([names.index(str(v)) for v in frame[label_column]], dtype=np.int64)
     grid = plan.grid
-    inverse = ~plan.scene.transform
+    chips = _chips_under(grid, plan.scene.transform, shapely.bounds(geometries))
+    footprints = chip_polygons(plan.scene.transform, grid.footprint_windows(chips))
+    coverage = class_coverage(footprints, geometries, classes, len(names))
+    keep = np.flatnonzero((coverage.majority >= 0) & (coverage.purity >= min_purity) & (coverage.covered >= min_purity))
     reader = ChipReader(plan.read)
-    images, targets, sources = [], [], []
-    for index, row in frame.iterrows():
-        point = row.geometry.representative_point()
-        col, line = inverse @ (point.x, point.y)
-        col_off = round(col - grid.chip_width / 2)
-        row_off = round(line - grid.chip_height / 2)
-        col_off = min(max(col_off, 0), grid.width - grid.chip_width)
-        row_off = min(max(row_off, 0), grid.height - grid.chip_height)
-        if not (0 <= col < grid.width and 0 <= line < grid.height):
-            continue
-        chip = Chip(-1, -1, row_off, col_off, grid.chip_height, grid.chip_width)
+    images, targets, sources, groups = [], [], [], []
+    for i in keep:
+        chip = chips[i]
         pixels, valid = reader.read(chip)
         if valid < 0.5:
             continue
         images.append(pixels)
-        targets.append(names.index(str(row[label_column])))
-        sources.append(f"{gpkg}#{index}@{Window(col_off, row_off, grid.chip_width, grid.chip_height)}")
+        targets.append(int(coverage.majority[i]))
+        groups.append(int(coverage.dominant[i]))
+        sources.append(f"{path}#{int(coverage.dominant[i])}@chip({chip.row},{chip.col})")
+    kind = "points" if points else "polygons"
     if not images:
-        raise InputError(f"no polygon of {gpkg} lies on valid pixels of {scene}")
-    return LabelledImages(np.stack(images), np.array(targets, dtype=np.int64), labels, sources)
+        raise InputError(
+            f"no chip of {scene} is covered to --min-purity {min_purity} by the {kind} of {path} (on valid pixels); "
+            "lower --min-purity, or use a smaller --chip-size"
+        )
+    found = np.bincount(np.array(targets), minlength=len(names))
+    empty = [names[k] for k in np.flatnonzero(found == 0)]
+    if empty:
+        warn(
+            f"no chip is covered to --min-purity {min_purity} by class {', '.join(repr(e) for e in empty[:5])}; "
+            "it is left out of training (draw larger polygons, lower --min-purity or use a smaller --chip-size)"
+        )
+    data = LabelledImages(np.stack(images), np.array(targets, dtype=np.int64), labels, sources)
+    return data, np.array(groups, dtype=np.int64)
+
+
+def _chips_under(grid: ChipGrid, transform: Affine, bounds: np.ndarray) -> list[Chip]:
+    """Grid chips whose windows meet the pixel bounding box of any of the (minx, miny, maxx, maxy) bounds."""
+    inverse = ~transform
+    seen: set[tuple[int, int]] = set()
+    chips: list[Chip] = []
+    for minx, miny, maxx, maxy in bounds:
+        corners = [inverse @ (x, y) for x in (minx, maxx) for y in (miny, maxy)]
+        cols = [c for c, _ in corners]
+        rows = [r for _, r in corners]
+        col_lo = max(0, math.floor((min(cols) - grid.chip_width) / grid.stride_x) + 1)
+        col_hi = min(grid.n_cols - 1, math.floor(max(cols) / grid.stride_x))
+        row_lo = max(0, math.floor((min(rows) - grid.chip_height) / grid.stride_y) + 1)
+        row_hi = min(grid.n_rows - 1, math.floor(max(rows) / grid.stride_y))
+        for row in range(row_lo, row_hi + 1):
+            for col in range(col_lo, col_hi + 1):
+                if (row, col) not in seen:
+                    seen.add((row, col))
+                    chips.append(grid.chip(row, col))
+    return chips

@@ -1,15 +1,19 @@
 """Processing provider with the "Map scene (geobimors)" algorithm."""
 
+import json
 import os
 
 from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
+    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
@@ -17,7 +21,16 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from .runner import EmbedRequest, EnvironmentProblem, MapRequest, run_embed, run_map
+from .runner import (
+    AssessRequest,
+    EmbedRequest,
+    EnvironmentProblem,
+    MapRequest,
+    layer_path,
+    run_assess,
+    run_embed,
+    run_map,
+)
 from .search_algorithm import SearchEmbeddingsAlgorithm
 from .settings import configured_prefix
 
@@ -242,6 +255,110 @@ class EmbedSceneAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: output}
 
 
+class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
+    """Accuracy of a geobimors map against a reference raster or reference polygons (runs the CLI)."""
+
+    MAP = "MAP"
+    REFERENCE = "REFERENCE"
+    MAPPING = "MAPPING"
+    CLASS_COLUMN = "CLASS_COLUMN"
+    MIN_PURITY = "MIN_PURITY"
+    OUTPUT = "OUTPUT"
+    OVERALL_ACCURACY = "OVERALL_ACCURACY"
+    KAPPA = "KAPPA"
+
+    def name(self):
+        return "assessaccuracy"
+
+    def displayName(self):
+        return "Assess accuracy (geobimors)"
+
+    def group(self):
+        return "Classification"
+
+    def groupId(self):
+        return "classification"
+
+    def icon(self):
+        return QIcon(ICON)
+
+    def shortHelpString(self):
+        return (
+            "Scores a geobimors map (its chips layer) against a reference map: a classified raster "
+            "(integer classes) or labelled polygons. Each chip gets the reference class covering most of it "
+            "(its purity is that class's share). Reports the confusion matrix, overall accuracy, Cohen's kappa, "
+            "per-class precision (user's accuracy), recall (producer's accuracy) and F1, the majority-class "
+            "baseline and area-weighted figures, as JSON (the output) with CSV files beside it.\n\n"
+            "Mapping: a CSV of 'map label,reference class' rows (raster classes are pixel values); without it "
+            "map labels must be the reference class names."
+        )
+
+    def createInstance(self):
+        return AssessAccuracyAlgorithm()
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterFile(self.MAP, "geobimors map", fileFilter="GeoPackage (*.gpkg)"))
+        self.addParameter(QgsProcessingParameterMapLayer(self.REFERENCE, "Reference (classified raster or polygons)"))
+        self.addParameter(
+            QgsProcessingParameterFile(self.MAPPING, "Mapping file", optional=True, fileFilter="CSV (*.csv)")
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.CLASS_COLUMN, "Class column of reference polygons", defaultValue="label", optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.MIN_PURITY,
+                "Score only chips this pure (0: all, by majority)",
+                type=QgsProcessingParameterNumber.Double,
+                minValue=0.0,
+                maxValue=1.0,
+                defaultValue=0.0,
+            )
+        )
+        self.addParameter(QgsProcessingParameterFileDestination(self.OUTPUT, "Report", fileFilter="JSON (*.json)"))
+        self.addOutput(QgsProcessingOutputNumber(self.OVERALL_ACCURACY, "Overall accuracy"))
+        self.addOutput(QgsProcessingOutputNumber(self.KAPPA, "Cohen's kappa"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        reference = self.parameterAsLayer(parameters, self.REFERENCE, context)
+        if reference is None:
+            raise QgsProcessingException("no reference layer given")
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if not output.lower().endswith(".json"):
+            output = os.path.splitext(output)[0] + ".json"
+        request = AssessRequest(
+            map_path=self.parameterAsFile(parameters, self.MAP, context),
+            reference=layer_path(reference.source()),
+            output=output,
+            mapping=self.parameterAsFile(parameters, self.MAPPING, context) or None,
+            class_column=self.parameterAsString(parameters, self.CLASS_COLUMN, context) or None,
+            min_purity=self.parameterAsDouble(parameters, self.MIN_PURITY, context),
+        )
+        try:
+            prefix = configured_prefix()
+        except EnvironmentProblem as exc:
+            raise QgsProcessingException(str(exc)) from None
+        feedback.pushInfo(
+            "running: " + " ".join([*prefix, "assess", request.map_path, "--reference", request.reference])
+        )
+        result = run_assess(prefix, request)
+        for warning in result.warnings:
+            feedback.reportError(warning, fatalError=False)
+        if result.error is not None:
+            raise QgsProcessingException(result.error)
+        for line in result.lines:
+            feedback.pushInfo(line)
+        with open(output, encoding="utf-8") as f:
+            report = json.load(f)
+        return {
+            self.OUTPUT: output,
+            self.OVERALL_ACCURACY: report["overall_accuracy"],
+            self.KAPPA: report["kappa"],
+        }
+
+
 class GeobimorsProvider(QgsProcessingProvider):
     """The geobimors Processing provider."""
 
@@ -258,6 +375,7 @@ class GeobimorsProvider(QgsProcessingProvider):
         self.addAlgorithm(MapSceneAlgorithm())
         self.addAlgorithm(EmbedSceneAlgorithm())
         self.addAlgorithm(SearchEmbeddingsAlgorithm())
+        self.addAlgorithm(AssessAccuracyAlgorithm())
 
     def supportedOutputVectorLayerExtensions(self):
         return ["gpkg"]

@@ -1,6 +1,6 @@
 """Runs the geobimors command line for the plugin: no torch, no geobimors import, no shell.
 
-The plugin drives ``geobimors map`` in the Python environment the user configured
+The plugin drives ``geobimors map`` (and ``geobimors assess``) in the Python environment the user configured
 (the ``geobimors`` executable, or a Python with geobimors installed), reads its
 JSON-lines progress, and reports its one-line errors.
 """
@@ -177,6 +177,7 @@ class RunResult:
     error: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
     cancelled: bool = False
+    lines: List[str] = field(default_factory=list)
 
 
 def run_map(
@@ -297,6 +298,29 @@ def build_search_args(request: SearchRequest) -> List[str]:
         args += ["--min-score", repr(float(request.min_score))]
     if request.raster:
         args += ["--raster", request.raster]
+
+
+class AssessRequest:
+    """The options of one ``geobimors assess`` run."""
+
+    map_path: str
+    reference: str
+    output: str
+    mapping: Optional[str] = None
+    class_column: Optional[str] = None
+    min_purity: Optional[float] = None
+    overwrite: bool = True
+
+
+def build_assess_args(request: AssessRequest) -> List[str]:
+    """Arguments of ``geobimors assess`` for a request (a list: never through a shell)."""
+    args = ["assess", request.map_path, "--reference", request.reference, "-o", request.output]
+    if request.mapping:
+        args += ["--mapping", request.mapping]
+    if request.class_column:
+        args += ["--class-column", request.class_column]
+    if request.min_purity is not None:
+        args += ["--min-purity", str(request.min_purity)]
     if request.overwrite:
         args.append("--overwrite")
     return args
@@ -328,3 +352,32 @@ def write_points_geojson(points: Iterable[tuple], authid: str) -> str:
     with os.fdopen(handle, "w", encoding="utf-8") as f:
         json.dump(collection, f)
     return path
+
+
+def layer_path(source: str) -> str:
+    """The file of a QGIS layer source (``file.gpkg|layername=x`` -> ``file.gpkg``)."""
+    return source.split("|", 1)[0]
+
+
+def run_assess(prefix: List[str], request: AssessRequest, timeout: float = 3600.0) -> RunResult:
+    """Run ``geobimors assess``; the printed report is in ``RunResult.lines``."""
+    try:
+        done = subprocess.run(
+            prefix + build_assess_args(request),
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EnvironmentProblem(f"could not run {prefix[0]} ({exc}); " + INSTALL_HINT) from None
+    result = RunResult(request.output, returncode=done.returncode, lines=done.stdout.splitlines())
+    for line in done.stderr.splitlines():
+        if line.startswith("Error:"):
+            result.error = line[len("Error:") :].strip()
+        elif line.startswith("Warning:"):
+            result.warnings.append(line[len("Warning:") :].strip())
+    if done.returncode != 0 and result.error is None:
+        result.error = f"geobimors stopped with exit code {done.returncode}"
+    return result

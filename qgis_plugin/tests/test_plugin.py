@@ -161,3 +161,59 @@ def test_arguments_never_go_through_a_shell(tmp_path: Path) -> None:
 def test_network_reach_is_opt_in() -> None:
     assert "--allow-network" not in build_args(MapRequest(scene="a.vrt", output="o.gpkg"), None)
     assert "--allow-network" in build_args(MapRequest(scene="a.vrt", output="o.gpkg", allow_network=True), None)
+
+
+def _map_and_reference(tmp_path: Path) -> tuple[Path, Path]:
+    """A 2 x 2-chip map GeoPackage (labels a, a, b, b) and a reference raster (codes 1, 2, 2, 2) with GDAL/OGR."""
+    from osgeo import gdal, ogr, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    map_path = tmp_path / "map.gpkg"
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(str(map_path))
+    layer = source.CreateLayer("chips", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("label", ogr.OFTString))
+    for (row, col), label in zip([(0, 0), (0, 1), (1, 0), (1, 1)], ["a", "a", "b", "b"]):
+        x0, y0 = 500_000 + col * 100, 5_000_000 - row * 100
+        ring = f"POLYGON(({x0} {y0},{x0 + 100} {y0},{x0 + 100} {y0 - 100},{x0} {y0 - 100},{x0} {y0}))"
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("label", label)
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(ring))
+        layer.CreateFeature(feature)
+    source = None
+    reference = tmp_path / "reference.tif"
+    raster = gdal.GetDriverByName("GTiff").Create(str(reference), 20, 20, 1, gdal.GDT_Byte)
+    raster.SetGeoTransform((500_000, 10, 0, 5_000_000, 0, -10))
+    raster.SetProjection(srs.ExportToWkt())
+    import numpy as np
+
+    codes = np.full((20, 20), 2, dtype=np.uint8)
+    codes[:10, :10] = 1
+    raster.GetRasterBand(1).WriteArray(codes)
+    raster = None
+    return map_path, reference
+
+
+def test_assess_accuracy_algorithm_reports_the_cli_figures(iface, tmp_path: Path) -> None:
+    plugin = geobimors_qgis.classFactory(iface)
+    plugin.initProcessing()
+    try:
+        algorithm = QgsApplication.processingRegistry().algorithmById("geobimors:assessaccuracy")
+        assert algorithm is not None and algorithm.displayName() == "Assess accuracy (geobimors)"
+        map_path, reference = _map_and_reference(tmp_path)
+        mapping = tmp_path / "mapping.csv"
+        mapping.write_text("a,1\nb,2\n")
+        out = tmp_path / "report.json"
+        parameters = {"MAP": str(map_path), "REFERENCE": str(reference), "MAPPING": str(mapping), "OUTPUT": str(out)}
+        result = processing.run("geobimors:assessaccuracy", parameters)
+        # Reference 1,2,2,2 against map 1,1,2,2: 3 of 4 agree; kappa = (0.75 - 0.5) / (1 - 0.5).
+        assert result["OVERALL_ACCURACY"] == 0.75 and abs(result["KAPPA"] - 0.5) < 1e-6
+        assert out.exists() and (tmp_path / "report.csv").exists() and (tmp_path / "report.chips.csv").exists()
+        raised = None
+        try:
+            processing.run("geobimors:assessaccuracy", {**parameters, "MAPPING": None})
+        except Exception as exc:  # QgsProcessingException with the CLI's one-line message
+            raised = str(exc)
+        assert raised is not None and "--mapping" in raised
+    finally:
+        plugin.unload()

@@ -1,0 +1,217 @@
+"""Few-shot adaptation of the bundled mini model: 1/4/16 shots x heads on three datasets (issue 14).
+
+    python benchmarks/bench_fewshot.py [--shots 1 4 16] [--seeds 0] [--methods ...] [--epochs 5]
+
+Splits: ``benchmarks/splits/*.json`` (UC Merced and AID subset: seeded, stratified
+60/20/20; EuroSAT: its train/ and val/ trees). Shots are drawn with the seed from
+the train split; prompt learners keep their best epoch on ``--val-per-class``
+images per class of the val split, and the probe/Tip-Adapter choose their one
+hyperparameter on the same images. Every method is scored on the same test images:
+the UC Merced and AID test splits, and a seeded ``--eurosat-eval-per-class`` images
+per class of the EuroSAT validation split (no EuroSAT test split is shared).
+Class names are the readable names of :mod:`geobimors.class_names`. Training time is
+wall-clock on this machine, including encoding the shots for probe/tip (their fit
+alone is in ``fit_seconds``). Results are appended to ``--json`` as they finish, and
+a rerun skips the rows already there (run the cheap methods first, then the prompt
+learners), so a partial run is still usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geobimors.heads.checkpoint import build_head
+from geobimors.heads.probe import EmbeddingHead
+from geobimors.heads.zero_shot import ZeroShotHead
+from geobimors.models.captions import CaptionerSpec
+from geobimors.models.clip import ClipModel, load_model
+from geobimors.train.data import load_image_folder, load_image_list
+from geobimors.train.embedding import embed_images, fit_embedding_head
+from geobimors.train.evaluate import evaluate
+from geobimors.train.loop import TrainSettings, train_head
+
+from common import ROOT, machine
+
+SHARED = ROOT.parent / "shared" / "data"
+SPLITS = ROOT / "benchmarks" / "splits"
+METHODS = ("zero-shot", "probe", "tip", "coop", "cocoop", "bimors")
+
+
+def dataset_splits(name: str, shots: int, seed: int, val_per_class: int, eurosat_eval: int) -> dict[str, Any]:
+    """Shots from train, validation images from val, the fixed test images."""
+    if name == "eurosat":
+        root = SHARED / "eurosat_rgb"
+        train = load_image_folder(root / "train", shots, seed)
+        # Validation images: other train images than the shots.
+        val = load_image_folder(root / "train", val_per_class, seed + 1, exclude=set(train.sources), at_most=True)
+        test = load_image_folder(root / "val", eurosat_eval, 0)
+        return {"train": train, "val": val, "test": test, "test_split": f"val ({eurosat_eval} per class, seed 0)"}
+    record = json.loads((SPLITS / f"{name}.json").read_text())
+    root = SHARED / Path(record["root"]).name
+    splits = record["splits"]
+    return {
+        "train": load_image_list(root, splits["train"], shots, seed),
+        "val": load_image_list(root, splits["val"], val_per_class, seed),
+        "test": load_image_list(root, splits["test"]),
+        "test_split": f"test (benchmarks/splits/{name}.json, split seed {record['seed']})",
+    }
+
+
+def run_one(
+    clip: ClipModel,
+    method: str,
+    data: dict[str, Any],
+    test_features: torch.Tensor,
+    seed: int,
+    settings: TrainSettings,
+) -> dict[str, Any]:
+    """Train (unless zero-shot) and score one method on one dataset and shot count."""
+    train, val, test = data["train"], data["val"], data["test"]
+    targets = torch.as_tensor(test.targets)
+    if method == "zero-shot":
+        head = ZeroShotHead(clip, test.labels)
+        logits = clip.logit_scale * test_features @ head.class_features.T
+        return {"accuracy": float((logits.argmax(1) == targets).float().mean()), "train_seconds": 0.0}
+    torch.manual_seed(seed)
+    spec = CaptionerSpec("none")
+    head = build_head(method, clip, train.labels, 4, "a photo of a", spec)
+    start = time.monotonic()
+    extra: dict[str, Any] = {}
+    if isinstance(head, EmbeddingHead):
+        _, details = fit_embedding_head(head, train, val, seed)
+        seconds = time.monotonic() - start
+        logits = head.logits_from_embeddings(test_features)
+        accuracy = float((logits.argmax(1) == targets).float().mean())
+        extra = {"fit_seconds": details["fit_seconds"], "choice": details["choice"]}
+    else:
+        result = train_head(head, train, val, settings, None, "none")
+        seconds = time.monotonic() - start
+        accuracy = evaluate(head, test, batch_size=64).accuracy
+        extra = {"best_epoch": result.best_epoch, "epochs": settings.epochs}
+    return {"accuracy": accuracy, "train_seconds": seconds, **extra}
+
+
+def timing_1000(clip: ClipModel, seed: int = 0) -> dict[str, Any]:
+    """Probe and Tip-Adapter on 1,000 EuroSAT train images (100 per class), 4 val images per class."""
+    root = SHARED / "eurosat_rgb" / "train"
+    train = load_image_folder(root, 100, seed)
+    val = load_image_folder(root, 4, seed + 1, exclude=set(train.sources), at_most=True)
+    timings = {}
+    for method in ("probe", "tip"):
+        head = build_head(method, clip, train.labels)
+        assert isinstance(head, EmbeddingHead)
+        start = time.monotonic()
+        _, details = fit_embedding_head(head, train, val, seed)
+        timings[method] = {
+            "examples": len(train),
+            "total_seconds": time.monotonic() - start,
+            "embed_seconds": details["embed_seconds"],
+            "fit_seconds": details["fit_seconds"],
+        }
+    return timings
+
+
+def markdown_table(report: dict[str, Any], shots: tuple[int, ...] = (1, 4, 16)) -> str:
+    """Top-1 (training seconds) per dataset, method and shot count, from the report's rows."""
+    rows = report.get("results", [])
+    lines = ["| dataset | method | " + " | ".join(f"{k}-shot" for k in shots) + " |"]
+    lines.append("|---|---|" + "---|" * len(shots))
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for method in METHODS:
+            found = {r["shots"]: r for r in rows if r["dataset"] == dataset and r["method"] == method}
+            if not found:
+                continue
+            if method == "zero-shot":
+                cells = [f"{found[0]['accuracy']:.3f}"] * len(shots)
+            else:
+                cells = [
+                    f"{found[k]['accuracy']:.3f} ({found[k]['train_seconds']:.0f} s)" if k in found else "not run"
+                    for k in shots
+                ]
+            lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "fewshot.json")
+    parser.add_argument("--datasets", nargs="+", default=["eurosat", "ucmerced", "aid"])
+    parser.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, default=5, help="Prompt learners' epochs (paper: 10).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Prompt learners' batch size (paper: 4).")
+    parser.add_argument("--val-per-class", type=int, default=4)
+    parser.add_argument("--eurosat-eval-per-class", type=int, default=100)
+    parser.add_argument("--timing", action="store_true", help="Only time probe/tip on 1,000 examples.")
+    parser.add_argument("--table", action="store_true", help="Only print the Markdown table of --json.")
+    args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.json.read_text())))
+        return
+    clip = load_model("mini", device="cpu")
+    if args.timing:
+        report = json.loads(args.json.read_text()) if args.json.exists() else {}
+        report["timing_1000"] = {**timing_1000(clip), "machine": machine()}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(report["timing_1000"], indent=2))
+        return
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": "python benchmarks/bench_fewshot.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "json"
+        ),
+        "results": [],
+    }
+    if args.json.exists():  # resume: keep finished rows, run the rest
+        previous = json.loads(args.json.read_text())
+        report["results"] = previous.get("results", [])
+        report["runs"] = previous.get("runs", [])
+    report.setdefault("runs", []).append({"command": report.pop("command"), "machine": report["machine"]})
+    done = {(r["dataset"], r["method"], r["shots"], r["seed"]) for r in report["results"]}
+    settings_for = {
+        seed: TrainSettings(epochs=args.epochs, batch_size=args.batch_size, seed=seed) for seed in args.seeds
+    }
+    for name in args.datasets:
+        test_features: torch.Tensor | None = None
+        for shots in args.shots:
+            for seed in args.seeds:
+                todo = [
+                    m
+                    for m in args.methods
+                    if (name, m, 0 if m == "zero-shot" else shots, seed) not in done
+                    and not (m == "zero-shot" and (shots != args.shots[0] or seed != args.seeds[0]))
+                ]
+                if not todo:
+                    continue
+                data = dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class)
+                if test_features is None:
+                    test_features = embed_images(clip, data["test"].images)
+                for method in todo:
+                    row = run_one(clip, method, data, test_features, seed, settings_for[seed])
+                    row.update(
+                        run=len(report["runs"]),
+                        dataset=name,
+                        method=method,
+                        shots=0 if method == "zero-shot" else shots,
+                        seed=seed,
+                        test_split=data["test_split"],
+                        test_images=len(data["test"]),
+                        classes=len(data["test"].labels),
+                    )
+                    report["results"].append(row)
+                    print(json.dumps(row), flush=True)
+                    args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
