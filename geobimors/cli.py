@@ -594,6 +594,11 @@ def caption_command(
     help="Polygons/points: a map-grid chip trains as class K when K covers at least this fraction of it.",
 )
 @chip_size_option
+@click.option(
+    "--allow-network",
+    is_flag=True,
+    help="Let a local --scene file (a VRT, ...) read sources over the network (see geobimors map --help).",
+)
 @device_options
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @common_options
@@ -620,6 +625,7 @@ def train_command(
     label_column: str,
     min_purity: float,
     chip_size: str | None,
+    allow_network: bool,
     device: str,
     precision: str,
     overwrite: bool,
@@ -641,7 +647,13 @@ def train_command(
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
     spec = _captioner_spec(captioner, max_new_tokens, num_beams) if head_kind == "bimors" else None
     polygon_options = (
-        {"scene": scene, "label_column": label_column, "min_purity": min_purity, "chip_size": chip_size}
+        {
+            "scene": scene,
+            "label_column": label_column,
+            "min_purity": min_purity,
+            "chip_size": chip_size,
+            "allow_network": allow_network,
+        }
         if scene
         else {}
     )

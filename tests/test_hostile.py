@@ -1017,3 +1017,26 @@ def test_model_seed_depends_on_the_name() -> None:
     from geobimors.models.clip import model_seed
 
     assert model_seed("ViT-B-32:random") == model_seed("ViT-B-32:random") != model_seed("ViT-B-16:random")
+
+
+def test_train_from_polygons_on_a_remote_vrt_is_refused_and_offers_the_opt_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    vrt = tmp_path / "v.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><VRTRasterBand dataType="Byte" band="1"><SimpleSource>'
+        "<SourceFilename>/vsicurl/http://127.0.0.1:9/a.tif</SourceFilename><SourceBand>1</SourceBand>"
+        "</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    polygons = tmp_path / "areas.gpkg"
+    gpd.GeoDataFrame({"label": ["a", "b"]}, geometry=[box(0, 0, 10, 10), box(20, 20, 30, 30)]).to_file(polygons)
+    result = run_cli(capsys, "train", polygons, "--scene", vrt, "-o", tmp_path / "h.safetensors")
+    assert result.exit_code == 2, result.err
+    errors = [line for line in result.err.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "--allow-network" in errors[0] and "vsicurl" in errors[0]
+    assert "Traceback" not in result.err and not (tmp_path / "h.safetensors").exists()
+    help_text = run_cli(capsys, "train", "--help").out
+    assert "--allow-network" in help_text

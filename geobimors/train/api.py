@@ -62,6 +62,7 @@ def load_training_data(
     chip_size: str | None = None,
     bands: tuple[int, ...] | None = None,
     min_purity: float = DEFAULT_MIN_PURITY,
+    allow_network: bool = False,
 ) -> TrainingData:
     """K shots per class for training and disjoint images for validation.
 
@@ -85,7 +86,9 @@ def load_training_data(
     if path.suffix.lower() in VECTOR_SUFFIXES:
         if scene is None:
             raise InputError(f"training from polygons or points in {path} needs --scene RASTER")
-        chips, groups = load_geometries(path, scene, label_column, chip_size, model, bands, min_purity=min_purity)
+        chips, groups = load_geometries(
+            path, scene, label_column, chip_size, model, bands, min_purity=min_purity, allow_network=allow_network
+        )
         train_idx, val_idx = _split_geometries(chips.targets, groups, shots, seed, val_shots > 0)
         everything = chips
         train = _select_classes(_take(everything, train_idx), classes)

@@ -230,6 +230,7 @@ def load_geometries(
     gsd: float | None = None,
     layer: str | None = None,
     min_purity: float = DEFAULT_MIN_PURITY,
+    allow_network: bool = False,
 ) -> tuple[LabelledImages, np.ndarray]:
     """Every chip of the map grid that labelled polygons (or points) cover, read as ``geobimors map`` reads it.
 
@@ -247,6 +248,7 @@ def load_geometries(
         gsd: ground resolution to resample to.
         layer: layer of the vector file (default: the first).
         min_purity: fraction of a chip one class must cover.
+        allow_network: let a local scene file read network sources (``--allow-network``).
 
     Returns:
         The chips, and for each the index (row of the file) of the geometry
@@ -276,7 +278,14 @@ def load_geometries(
     labels = [Label(n, n) for n in names]
     plan = plan_map(
         MapSettings(
-            scene=scene, labels=tuple(labels), model=model, chip_size=chip_size, gsd=gsd, bands=bands, min_valid=0.0
+            scene=scene,
+            labels=tuple(labels),
+            model=model,
+            chip_size=chip_size,
+            gsd=gsd,
+            bands=bands,
+            min_valid=0.0,
+            allow_network=allow_network,
         )
     )
     if plan.scene.crs is not None and frame.crs is not None and frame.crs != plan.scene.crs:
