@@ -298,8 +298,12 @@ def build_search_args(request: SearchRequest) -> List[str]:
         args += ["--min-score", repr(float(request.min_score))]
     if request.raster:
         args += ["--raster", request.raster]
+    if request.overwrite:
+        args.append("--overwrite")
+    return args
 
 
+@dataclass
 class AssessRequest:
     """The options of one ``geobimors assess`` run."""
 
