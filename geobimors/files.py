@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
-from geobimors.errors import InputError
+from geobimors.errors import InputError, OutputError
 
 
 def read_fd(fd: int, limit: int) -> bytes:
@@ -102,3 +103,30 @@ def read_regular_file(path: str | os.PathLike[str], what: str, limit: int) -> by
             f"{what} {text} grew past {describe_size(limit)} while it was read; check that it is the right file"
         )
     return data
+
+
+def check_output_file(out: Path, overwrite: bool, suffix: str, choose: str = "path") -> Path:
+    """Check that an output file can be written (shared by every command that writes one).
+
+    Its folder must exist and be writable, it must not be a folder, and it must not exist
+    unless ``overwrite``.
+
+    Args:
+        out: the output path (its suffix already checked by the caller).
+        overwrite: replacing an existing file is allowed.
+        suffix: the file type, for messages (``.gpkg``).
+        choose: what the user should choose instead, for messages (``-o path``).
+
+    Raises:
+        OutputError: with a one-line message naming the problem.
+    """
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output directory {parent} does not exist; create it or choose another {choose}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {parent} is not writable; choose another {choose}")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory; give a {suffix} file path")
+    if out.exists() and not overwrite:
+        raise OutputError(f"output {out} already exists; pass --overwrite to replace it or choose another {choose}")
+    return out

@@ -37,6 +37,7 @@ from rasterio.crs import CRS
 
 from geobimors._version import __version__
 from geobimors.errors import InputError, ModelError, OutputError, RunError
+from geobimors.files import check_output_file
 
 FORMAT_VERSION = 1
 GEO_KEY = b"geo"
@@ -374,16 +375,7 @@ def check_store_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
     out = Path(path).expanduser()
     if out.suffix.lower() not in (".parquet", ".geoparquet"):
         raise OutputError(f"embeddings store {out} must be a GeoParquet file with the .parquet extension")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable; choose another path")
-    if out.is_dir():
-        raise OutputError(f"output {out} is a directory; give a .parquet file path")
-    if out.exists() and not overwrite:
-        raise OutputError(f"output {out} already exists; pass --overwrite to replace it or choose another path")
-    return out
+    return check_output_file(out, overwrite, ".parquet")
 
 
 class StoreWriter:

@@ -18,6 +18,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geobimors.errors import OutputError, RunError
+from geobimors.files import check_output_file
 from geobimors.raster.grid import window_corners
 from geobimors.vector.style import categorized_qml, write_layer_styles
 
@@ -84,16 +85,7 @@ def check_output(path: str | os.PathLike[str], overwrite: bool) -> Path:
     out = Path(path).expanduser()
     if out.suffix.lower() != ".gpkg":
         raise OutputError(f"output {out} must be a GeoPackage with the .gpkg extension")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"output directory {parent} does not exist; create it or choose another -o path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {parent} is not writable; choose another -o path")
-    if out.is_dir():
-        raise OutputError(f"output {out} is a directory; give a .gpkg file path")
-    if out.exists() and not overwrite:
-        raise OutputError(f"output {out} already exists; pass --overwrite to replace it or choose another -o path")
-    return out
+    return check_output_file(out, overwrite, ".gpkg", "-o path")
 
 
 class GeoPackageWriter:
