@@ -5,7 +5,6 @@ import os
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
@@ -21,6 +20,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from .algorithm import ICON, GeobimorsAlgorithm
 from .runner import (
     AssessRequest,
     EmbedRequest,
@@ -34,12 +34,16 @@ from .runner import (
 from .search_algorithm import SearchEmbeddingsAlgorithm
 from .settings import configured_prefix
 
-ICON = os.path.join(os.path.dirname(__file__), "icon.png")
 DEVICES = ["auto", "cpu", "cuda"]
 
 
-class MapSceneAlgorithm(QgsProcessingAlgorithm):
+class MapSceneAlgorithm(GeobimorsAlgorithm):
     """Classify every chip of a raster and output labeled chip polygons (a styled GeoPackage)."""
+
+    NAME = "mapscene"
+    DISPLAY_NAME = "Map scene (geobimors)"
+    GROUP = "Classification"
+    GROUP_ID = "classification"
 
     INPUT = "INPUT"
     LABELS = "LABELS"
@@ -53,21 +57,6 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
     ALLOW_NETWORK = "ALLOW_NETWORK"
     OUTPUT = "OUTPUT"
 
-    def name(self):
-        return "mapscene"
-
-    def displayName(self):
-        return "Map scene (geobimors)"
-
-    def group(self):
-        return "Classification"
-
-    def groupId(self):
-        return "classification"
-
-    def icon(self):
-        return QIcon(ICON)
-
     def shortHelpString(self):
         return (
             "Cuts the raster into chips, classifies every chip against the labels with a vision-language "
@@ -78,9 +67,6 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
             "Chip size and overlap: pixels (224) or ground units (640m).\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
-
-    def createInstance(self):
-        return MapSceneAlgorithm()
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
@@ -157,8 +143,13 @@ class MapSceneAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: output}
 
 
-class EmbedSceneAlgorithm(QgsProcessingAlgorithm):
+class EmbedSceneAlgorithm(GeobimorsAlgorithm):
     """Embed every chip of a raster once into a GeoParquet store (geobimors embed)."""
+
+    NAME = "embedscene"
+    DISPLAY_NAME = "Embed scene (geobimors)"
+    GROUP = "Embeddings"
+    GROUP_ID = "embeddings"
 
     INPUT = "INPUT"
     MODEL = "MODEL"
@@ -171,21 +162,6 @@ class EmbedSceneAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
     DTYPES = ("float16", "float32")
 
-    def name(self):
-        return "embedscene"
-
-    def displayName(self):
-        return "Embed scene (geobimors)"
-
-    def group(self):
-        return "Embeddings"
-
-    def groupId(self):
-        return "embeddings"
-
-    def icon(self):
-        return QIcon(ICON)
-
     def shortHelpString(self):
         return (
             "Cuts the raster into chips exactly as 'Map scene' does and stores every chip's image embedding "
@@ -197,9 +173,6 @@ class EmbedSceneAlgorithm(QgsProcessingAlgorithm):
             "checkpoint to store captions too (slow on CPU).\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
-
-    def createInstance(self):
-        return EmbedSceneAlgorithm()
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
@@ -255,8 +228,13 @@ class EmbedSceneAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: output}
 
 
-class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
+class AssessAccuracyAlgorithm(GeobimorsAlgorithm):
     """Accuracy of a geobimors map against a reference raster or reference polygons (runs the CLI)."""
+
+    NAME = "assessaccuracy"
+    DISPLAY_NAME = "Assess accuracy (geobimors)"
+    GROUP = "Classification"
+    GROUP_ID = "classification"
 
     MAP = "MAP"
     REFERENCE = "REFERENCE"
@@ -266,21 +244,6 @@ class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
     OVERALL_ACCURACY = "OVERALL_ACCURACY"
     KAPPA = "KAPPA"
-
-    def name(self):
-        return "assessaccuracy"
-
-    def displayName(self):
-        return "Assess accuracy (geobimors)"
-
-    def group(self):
-        return "Classification"
-
-    def groupId(self):
-        return "classification"
-
-    def icon(self):
-        return QIcon(ICON)
 
     def shortHelpString(self):
         return (
@@ -292,9 +255,6 @@ class AssessAccuracyAlgorithm(QgsProcessingAlgorithm):
             "Mapping: a CSV of 'map label,reference class' rows (raster classes are pixel values); without it "
             "map labels must be the reference class names."
         )
-
-    def createInstance(self):
-        return AssessAccuracyAlgorithm()
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterFile(self.MAP, "geobimors map", fileFilter="GeoPackage (*.gpkg)"))

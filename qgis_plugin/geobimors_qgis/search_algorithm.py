@@ -4,7 +4,6 @@ import os
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -15,17 +14,21 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
 )
-from qgis.PyQt.QtGui import QIcon
 
+from .algorithm import GeobimorsAlgorithm
 from .runner import EnvironmentProblem, SearchRequest, run_search
 from .settings import configured_prefix
 
-ICON = os.path.join(os.path.dirname(__file__), "icon.png")
 DEVICES = ["auto", "cpu", "cuda"]
 
 
-class SearchEmbeddingsAlgorithm(QgsProcessingAlgorithm):
+class SearchEmbeddingsAlgorithm(GeobimorsAlgorithm):
     """Find the chips of an embeddings store that best match text queries or example features."""
+
+    NAME = "searchembeddings"
+    DISPLAY_NAME = "Search embeddings (geobimors)"
+    GROUP = "Embeddings"
+    GROUP_ID = "embeddings"
 
     STORE = "STORE"
     QUERIES = "QUERIES"
@@ -38,21 +41,6 @@ class SearchEmbeddingsAlgorithm(QgsProcessingAlgorithm):
     OUTPUT = "OUTPUT"
     OUTPUT_RASTER = "OUTPUT_RASTER"
 
-    def name(self):
-        return "searchembeddings"
-
-    def displayName(self):
-        return "Search embeddings (geobimors)"
-
-    def group(self):
-        return "Embeddings"
-
-    def groupId(self):
-        return "embeddings"
-
-    def icon(self):
-        return QIcon(ICON)
-
     def shortHelpString(self):
         return (
             "Ranks the chips of an embeddings store (made by 'Embed scene') by similarity to text queries "
@@ -64,9 +52,6 @@ class SearchEmbeddingsAlgorithm(QgsProcessingAlgorithm):
             "'geobimors index STORE' is used when present.\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
-
-    def createInstance(self):
-        return SearchEmbeddingsAlgorithm()
 
     def initAlgorithm(self, config=None):
         self.addParameter(
@@ -171,3 +156,5 @@ class SearchEmbeddingsAlgorithm(QgsProcessingAlgorithm):
         if raster:
             outputs[self.OUTPUT_RASTER] = raster
         return outputs
+
+
