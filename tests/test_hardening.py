@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from geobimors.errors import InputError, ModelError
 from geobimors.labels import parse_labels
 
-from cli_helpers import CliResult, map_command, run_cli, wait_for_parts
+from cli_helpers import CliResult, assert_one_line_error, map_command, run_cli, wait_for_parts
 from rasters import make_geotiff, random_rgb
 
 
@@ -434,10 +434,7 @@ def test_catalogue(case: Case, capsys: pytest.CaptureFixture[str], tiny_model: s
     assert "Traceback" not in result.err
     assert result.exit_code == case.code, (result.exit_code, result.err)
     if case.code:
-        errors = [line for line in result.err.splitlines() if line.startswith("Error:")]
-        assert len(errors) == 1, result.err
-        for fragment in case.fragments:
-            assert fragment.lower() in errors[0].lower(), (fragment, errors[0])
+        assert_one_line_error(result, case.code, *case.fragments)
     if "warning" in case.extra:
         assert any(line.startswith("Warning:") and case.extra["warning"] in line for line in result.err.splitlines())
     out = tmp_path / "out.gpkg"
