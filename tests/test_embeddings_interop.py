@@ -52,6 +52,18 @@ def test_duckdb_reads_the_store(store_path: Path) -> None:
     assert polygon.equals(left.geometry.iloc[0])
 
 
+def test_lonboard_maps_the_store_as_it_is(store_path: Path) -> None:
+    lonboard = pytest.importorskip("lonboard")
+    import pyarrow.parquet as pq
+
+    with pytest.warns(UserWarning, match="EPSG:4326"):  # lonboard reprojects from the store's UTM itself
+        widget = lonboard.viz(pq.read_table(store_path))  # the Arrow table, GeoParquet metadata and all
+    (layer,) = widget.layers
+    assert isinstance(layer, lonboard.PolygonLayer) and layer.table.num_rows == 12
+    first_x = layer.table["geometry"].chunk(0).to_pylist()[0][0][0][0]  # polygon 0, ring 0, vertex 0
+    assert 8.9 < first_x < 9.1  # reprojected: EPSG:32632 easting 500000 is longitude 9 E
+
+
 def test_gdal_opens_the_store_when_it_has_a_parquet_driver(store_path: Path) -> None:
     if "Parquet" in pyogrio.list_drivers():
         info = pyogrio.read_info(store_path)
