@@ -183,7 +183,7 @@ def bench_store(
     }
     print(f"{rows:,} x {dim}: build {result['index_build']}", flush=True)
     sweeps = []
-    for nprobe in sorted({max(1, summary.nlist // d) for d in (32, 16, 8, 4)}):
+    for nprobe in sorted({max(1, summary.nlist // d) for d in (32, 16, 8, 4, 2)}):
         start = time.perf_counter()
         index, note = open_index(store, nprobe=nprobe)
         load = time.perf_counter() - start

@@ -14,7 +14,14 @@ import shapely
 from PIL import Image
 
 import geobimors
-from geobimors.embeddings.index import build_index, index_paths, open_index
+from geobimors.embeddings.index import (
+    MIN_SCANNED_ROWS,
+    build_index,
+    default_nlist,
+    default_nprobe,
+    index_paths,
+    open_index,
+)
 from geobimors.embeddings.search import exact_search, rocchio, search, text_queries
 from geobimors.embeddings.store import chips_table, make_meta, open_store, write_store
 from geobimors.errors import InputError, OutputError
@@ -200,6 +207,25 @@ def test_index_is_used_when_fresh_and_ignored_when_stale(capsys: pytest.CaptureF
     rebuilt = run_cli(capsys, "index", tmp_path / "s.parquet", "--overwrite", "--nlist", "16")
     assert rebuilt.exit_code == 0 and "16 cells" in rebuilt.out
     assert open_index(open_store(tmp_path / "s.parquet"))[0] is not None
+
+
+def test_default_index_scans_at_least_50000_rows(tmp_path: Path) -> None:
+    # Small stores have small cells: the default scans enough of them for 50,000 rows (all of a small store).
+    for n_rows in (4096, 100_000, 260_000, 1_000_000, 10_000_000):
+        nlist = default_nlist(n_rows)
+        scanned = default_nprobe(nlist, n_rows) * n_rows / nlist
+        assert scanned >= min(n_rows, MIN_SCANNED_ROWS) and default_nprobe(nlist, n_rows) >= nlist // 4
+    scene = make_geotiff(tmp_path / "big.tif", random_rgb(128, 128))
+    _synthetic_store(tmp_path / "s.parquet", scene)
+    store = open_store(tmp_path / "s.parquet")
+    summary = build_index(store)
+    assert summary.nprobe == summary.nlist  # 4,096 rows: every cell
+    ids = store.to_geodataframe(["chip_id"])["chip_id"].to_numpy()
+    for i in (0, 1234, 4000):
+        indexed = search(store, like=[ids[i]], k=100)
+        exact = search(store, like=[ids[i]], k=100, use_index=False)
+        assert indexed.method == "index (faiss)"
+        assert len(set(indexed.frame["chip_id"]) & set(exact.frame["chip_id"])) >= 98  # fp16 ties at the cut
 
 
 def test_cli_writes_a_styled_hits_layer_and_a_similarity_cog(
