@@ -1,5 +1,6 @@
 """The dock panel: pick a raster, write labels, choose a model, run, and see the result on the map."""
 
+import contextlib
 import os
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
@@ -183,10 +184,8 @@ class MapPanel(QDockWidget):
         """Stop following the project's layers (the panel is being removed)."""
         project = QgsProject.instance()
         for signal in (project.layersAdded, project.layersRemoved):
-            try:
+            with contextlib.suppress(TypeError):  # not connected
                 signal.disconnect(self.refresh_layers)
-            except TypeError:  # not connected
-                pass
 
     def scenes(self):
         """What to map, and the layer to draw the result above.

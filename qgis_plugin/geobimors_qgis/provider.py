@@ -28,10 +28,10 @@ from .runner import (
     EnvironmentProblem,
     MapRequest,
     layer_path,
-    scene_arguments,
     run_assess,
     run_embed,
     run_map,
+    scene_arguments,
 )
 from .search_algorithm import SearchEmbeddingsAlgorithm
 from .settings import configured_prefix
