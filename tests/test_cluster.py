@@ -29,6 +29,7 @@ import pytest
 
 from geobimors.labels import read_labels
 from geobimors.raster.read import ChipReader
+from geobimors.run.cluster import dask_environment, worker_environment
 from geobimors.run.execute import DistributedExecutor
 from geobimors.run.pipeline import map_to_file
 from geobimors.run.plan import MapSettings, plan_map
@@ -78,6 +79,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        **dask_environment(1),  # the recommended worker settings (docs/distributed.md), 1 thread per worker
     }
     common = ["--no-dashboard"]
     processes: list[subprocess.Popen[bytes]] = []
@@ -107,7 +109,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             names = sorted(w["name"] for w in client.scheduler_info()["workers"].values())
             assert names == ["cpu", "gpu"]
             pids = set(client.run(os.getpid).values())
+            names = tuple(worker_environment(1))
+            environ = list(client.run(lambda: {k: os.environ.get(k) for k in names}).values())
         assert os.getpid() not in pids and len(pids) == 2  # separate processes
+        # The nanny started the workers with the recommended settings, not its own OMP/trim defaults.
+        assert environ == [worker_environment(1)] * 2
         yield Cluster(address, processes)
     finally:
         _stop(processes)
