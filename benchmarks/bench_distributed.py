@@ -10,8 +10,10 @@ cluster of separate OS processes over TCP -- a ``dask scheduler`` and N ``dask w
 processes with ``--nthreads 1`` started here (N = cores), configured as docs/distributed.md
 recommends for workers started by hand (``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``).
 Cluster start-up (process spawn, imports, model load) is timed separately from the
-mapping, which is timed from submission to the finished GeoPackage. The load average
-before each configuration is recorded (the machine may be shared).
+mapping, which is timed from submission to the finished GeoPackage. All executors are started
+first and the mapping runs go round-robin over them (idle clusters wait beside the running one),
+so a change of load on a shared machine hits every configuration alike; the 1-minute load average
+before each run is recorded.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def warm(executor: DistributedExecutor, plan) -> None:  # type: ignore[no-untype
 def process_cluster(workers: int, root: Path) -> Iterator[str]:
     """A ``dask scheduler`` and ``workers`` ``dask worker --nthreads 1`` OS processes over TCP; yields the address."""
     dask = str(Path(sys.executable).with_name("dask"))
+    root.mkdir(parents=True, exist_ok=True)
     scheduler_file = root / "scheduler.json"
     env = {
         **os.environ,
@@ -76,6 +79,8 @@ def process_cluster(workers: int, root: Path) -> Iterator[str]:
                 )
             )
         while not scheduler_file.exists():
+            if processes[0].poll() is not None:
+                raise RuntimeError("dask scheduler exited at start")
             time.sleep(0.1)
         yield json.loads(scheduler_file.read_text())["address"]
     finally:
@@ -104,41 +109,49 @@ def main() -> None:
             ("LocalCluster, 2 workers", 2),
             (f"separate processes over TCP, scheduler + {cores} workers x 1 thread", -cores),
         )
-        for name, workers in configurations:
-            load = os.getloadavg()
-            start = time.perf_counter()
-            with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack:
+            # Every executor is started (and timed) first; then the runs go round-robin, so a change
+            # of load on the shared machine hits every configuration alike.
+            executors: list[LocalExecutor | DistributedExecutor] = []
+            for name, workers in configurations:
+                load = os.getloadavg()
+                start = time.perf_counter()
                 executor: LocalExecutor | DistributedExecutor
                 if workers is None:
                     executor = LocalExecutor()
                 elif workers > 0:
                     executor = DistributedExecutor(workers=workers)
                 else:
-                    address = stack.enter_context(process_cluster(-workers, Path(tmp)))
+                    address = stack.enter_context(process_cluster(-workers, Path(tmp) / "tcp"))
                     executor = DistributedExecutor(address)
                     executor.client.wait_for_workers(-workers, timeout=300)
+                stack.callback(executor.close)
                 if isinstance(executor, DistributedExecutor):
                     warm(executor, plan)
-                startup = time.perf_counter() - start
-                times = []
-                for repeat in range(args.repeats):
-                    out = Path(tmp) / f"{abs(workers or 0)}-{len(results)}-{repeat}.gpkg"
+                executors.append(executor)
+                results.append(
+                    {
+                        "execution": name,
+                        "workers": abs(workers or 0),
+                        "cores": cores,
+                        "chips": plan.n_chips,
+                        "startup_s": round(time.perf_counter() - start, 2),
+                        "map_s": [],
+                        "load_average_before_map": [],
+                        "load_average_before_start": [round(v, 2) for v in load],
+                    }
+                )
+            for repeat in range(args.repeats):
+                for row, executor in zip(results, executors):
+                    out = Path(tmp) / f"{len(row['map_s'])}-{row['workers']}-{repeat}-{id(executor)}.gpkg"
+                    row["load_average_before_map"].append(round(os.getloadavg()[0], 2))
                     begin = time.perf_counter()
                     summary = map_to_file(plan, out, progress_mode="none", executor=executor)
-                    times.append(time.perf_counter() - begin)
+                    row["map_s"].append(time.perf_counter() - begin)
                     assert summary.n_classified + summary.n_skipped == plan.n_chips
-                executor.close()
-            row = {
-                "execution": name,
-                "workers": abs(workers or 0),
-                "cores": cores,
-                "chips": plan.n_chips,
-                "startup_s": round(startup, 2),
-                "map_s": times,
-                "chips_per_s": plan.n_chips / min(times),
-                "load_average_before": [round(v, 2) for v in load],
-            }
-            results.append(row)
+                    print(row["execution"], repeat, round(row["map_s"][-1], 2), flush=True)
+        for row in results:
+            row["chips_per_s"] = plan.n_chips / min(row["map_s"])
             print(json.dumps(row), flush=True)
     base = results[0]["chips_per_s"]
     for row in results:
