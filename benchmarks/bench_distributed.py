@@ -49,6 +49,13 @@ def warm(executor: DistributedExecutor, plan) -> None:  # type: ignore[no-untype
         pass
 
 
+def torch_threads() -> int:
+    """Torch intra-op threads of this process (run on the workers)."""
+    import torch
+
+    return int(torch.get_num_threads())
+
+
 @contextmanager
 def process_cluster(workers: int, root: Path) -> Iterator[str]:
     """A ``dask scheduler`` and ``workers`` ``dask worker --nthreads 1`` OS processes over TCP; yields the address."""
@@ -94,6 +101,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "distributed.json")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--executions",
+        default="in-process,local-1,local-2,tcp",
+        help="comma-separated subset of: in-process, local-1, local-2, tcp (in-process is the baseline)",
+    )
     args = parser.parse_args()
     scene = make_mosaic(DATA / "mosaic-20k.tif")
     labels = tuple(read_labels(ROOT / "sample_data" / "labels.txt"))
@@ -103,12 +115,17 @@ def main() -> None:
         plan = plan_map(MapSettings(scene=str(region), labels=labels, model="mini", device="cpu"))
         get_classifier(plan.classifier)
         cores = os.cpu_count() or 1
-        configurations = (
-            ("in-process", None),
-            ("LocalCluster, 1 worker", 1),
-            ("LocalCluster, 2 workers", 2),
-            (f"separate processes over TCP, scheduler + {cores} workers x 1 thread", -cores),
-        )
+        chosen = args.executions.split(",")
+        configurations = [
+            (name, workers)
+            for key, name, workers in (
+                ("in-process", "in-process", None),
+                ("local-1", "LocalCluster, 1 worker", 1),
+                ("local-2", "LocalCluster, 2 workers", 2),
+                ("tcp", f"separate processes over TCP, scheduler + {cores} workers x 1 thread", -cores),
+            )
+            if key in chosen
+        ]
         with contextlib.ExitStack() as stack:
             # Every executor is started (and timed) first; then the runs go round-robin, so a change
             # of load on the shared machine hits every configuration alike.
@@ -129,9 +146,15 @@ def main() -> None:
                 if isinstance(executor, DistributedExecutor):
                     warm(executor, plan)
                 executors.append(executor)
+                probe = (
+                    executor.client.run(lambda: (os.environ.get("OMP_NUM_THREADS"), torch_threads()))
+                    if isinstance(executor, DistributedExecutor)
+                    else {}
+                )
                 results.append(
                     {
                         "execution": name,
+                        "worker_omp_and_torch_threads": sorted(probe.values()),
                         "workers": abs(workers or 0),
                         "cores": cores,
                         "chips": plan.n_chips,

@@ -231,3 +231,28 @@ def test_cuda_runs_ask_for_gpu_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     execute.make_executor("tcp://head:8786", gpu=True)
     execute.make_executor("tcp://head:8786", gpu=False)
     assert made == [{"address": "tcp://head:8786", "gpu": True}, {"address": "tcp://head:8786", "gpu": False}]
+
+
+def test_a_local_cluster_leaves_this_process_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dask's nanny writes its worker settings into the environment of the process that starts it.
+
+    Left there, every later cluster or subprocess of this process would inherit them (a variable in the
+    environment wins over the nanny's setting): workers with 2 OpenMP threads each on 2 cores ran 5-9x
+    slower in benchmarks/bench_distributed.py before this was fixed.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+
+    def settings() -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in names}
+
+    before = settings()
+    executor = DistributedExecutor(workers=1)
+    try:
+        assert settings() == before
+        (worker,) = executor.client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()
+        assert worker == str(os.cpu_count() or 1)  # its share of the cores, not this process's 7
+    finally:
+        executor.close()
+    assert settings() == before

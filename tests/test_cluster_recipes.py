@@ -23,11 +23,13 @@ def test_worker_environment() -> None:
         "MALLOC_TRIM_THRESHOLD_": "134217728",
         "MALLOC_MMAP_THRESHOLD_": "33554432",
     }
-    # Dask reads the variable as its nanny.pre-spawn-environ setting.
+    # The variables themselves (they win over the nanny's setting), and the same as that Dask setting.
     import dask
 
-    ((name, value),) = dask_environment(4).items()
-    config = dask.config.collect_env({name: value})
+    environment = dask_environment(4)
+    value = environment.pop(DASK_ENVIRON_VARIABLE)
+    assert environment == worker_environment(4)
+    config = dask.config.collect_env({DASK_ENVIRON_VARIABLE: value})
     assert config["distributed"]["nanny"]["pre_spawn_environ"] == worker_environment(4)
     with pytest.raises(ValueError):
         worker_environment(0)

@@ -5,8 +5,9 @@ Kubernetes starts need the same care, written once here and used by docs/distrib
 benchmarks and the tests:
 
 * each worker process gives torch and its BLAS its share of the cores (Dask's nanny otherwise sets
-  ``OMP_NUM_THREADS=1``), and a larger malloc trim threshold than Dask's default (which halves the
-  throughput of torch on CPU, docs/benchmarks.md);
+  ``OMP_NUM_THREADS=1``, and a process that inherited another value uses that: two workers each
+  running two OpenMP threads on two cores ran 5-9x slower than one thread each, docs/benchmarks.md),
+  and a larger malloc trim threshold than Dask's default (which halves the throughput of torch on CPU);
 * a GPU worker is one process with one GPU, ``--resources GPU=1``: tasks of ``--device cuda`` runs
   ask for that resource, so one GPU runs one model at a time.
 
@@ -42,14 +43,16 @@ def worker_environment(threads: int) -> dict[str, str]:
 
 
 def dask_environment(threads: int) -> dict[str, str]:
-    """Environment variables that make Dask's nanny start worker processes with :func:`worker_environment`.
+    """Environment of a ``dask worker`` command whose worker processes should get :func:`worker_environment`.
 
-    The nanny overwrites ``OMP_NUM_THREADS`` and ``MALLOC_TRIM_THRESHOLD_`` in the processes it starts
-    (its ``distributed.nanny.pre-spawn-environ`` setting), so exporting them in the shell is not enough:
-    this sets that Dask setting itself. Put it in the environment of ``dask worker`` (a job script, a
-    Kubernetes container spec).
+    Dask's nanny gives each worker process the variables of its ``distributed.nanny.pre-spawn-environ``
+    setting (``OMP_NUM_THREADS=1``, a small ``MALLOC_TRIM_THRESHOLD_``), but a variable already in its own
+    environment takes precedence. So this sets both: the variables themselves, and the same values as
+    that Dask setting (``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON``). Put it in the environment of
+    ``dask worker`` (a shell, a job script, a Kubernetes container spec).
     """
-    return {DASK_ENVIRON_VARIABLE: json.dumps(worker_environment(threads), sort_keys=True)}
+    environment = worker_environment(threads)
+    return {**environment, DASK_ENVIRON_VARIABLE: json.dumps(environment, sort_keys=True)}
 
 
 def jobqueue_options(
