@@ -34,7 +34,7 @@ import pyarrow as pa
 import shapely
 from rasterio.crs import CRS
 
-from geobimors.embeddings.store import EMBEDDING, EmbeddingStore, StoreMeta, geo_metadata, open_store
+from geobimors.embeddings.store import EmbeddingStore, StoreMeta, geo_metadata, open_store
 from geobimors.errors import InputError
 
 DENSIFY = 16
@@ -428,8 +428,3 @@ def reproject(polygons: np.ndarray, source: CRS | None, target: CRS | None) -> n
         return np.column_stack([x, y])
 
     return np.asarray(shapely.transform(dense, move))
-
-
-def embedding_width(store: EmbeddingStore | StoreSet) -> int:
-    """Width of the ``embedding`` column."""
-    return int(store.schema.field(EMBEDDING).type.list_size)

@@ -9,7 +9,9 @@ HNSW graph took about 250 s for 100k 512-d rows (most of an hour for 1M), the IV
 for 1M, and both answer in milliseconds; IVF's recall is tuned after the build with ``nprobe``.
 
 Files: ``STORE.index`` (faiss binary) and ``STORE.index.json`` (settings and the store's
-fingerprint). Both are written to temporary names and renamed into place. The index is used
+fingerprint); for a directory of store files (:class:`~geobimors.embeddings.dataset.StoreSet`),
+``DIR.index`` beside the directory, over the rows of all its files in order, with every file's
+fingerprint. Both are written to temporary names and renamed into place. The index is used
 when its fingerprint (file size, row count and a SHA-256 of the Parquet footer, which holds
 every row group's statistics and offsets) matches the store; otherwise search notes that it
 is stale and searches exactly.
