@@ -1028,12 +1028,12 @@ def index_command(
     `geobimors search` uses it for whole-store queries while it matches the store (a store
     rewritten after indexing makes it stale: search then notes it and searches exactly).
     """
+    from geobimors.embeddings.dataset import open_stores
     from geobimors.embeddings.index import build_index
-    from geobimors.embeddings.store import open_store
 
     if (nlist is not None and nlist < 1) or (nprobe is not None and nprobe < 1):
         raise InputError("--nlist and --nprobe must be at least 1")
-    summary = build_index(open_store(store), overwrite=overwrite, nlist=nlist, nprobe=nprobe)
+    summary = build_index(open_stores(store), overwrite=overwrite, nlist=nlist, nprobe=nprobe)
     if not quiet:
         click.echo(
             f"index: {summary.n_rows:,} rows, {summary.nlist} cells, nprobe {summary.nprobe}, "
@@ -1082,7 +1082,7 @@ def _map_from_embeddings(
     import time
 
     from geobimors.embeddings.classify import open_relabeller, relabel_to_file
-    from geobimors.embeddings.store import open_store
+    from geobimors.embeddings.dataset import open_stores
     from geobimors.labels import read_labels
     from geobimors.vector.gpkg import check_output
 
@@ -1091,7 +1091,7 @@ def _map_from_embeddings(
     if labels_path is None and head_path is None:
         raise InputError("missing --labels FILE (one label per line), or a --head whose training classes to use")
     started = time.monotonic()
-    store = open_store(store_path)
+    store = open_stores(store_path)
     labels = read_labels(labels_path) if labels_path is not None else []
     relabeller = open_relabeller(store, labels, head_path, model, top_k, device, precision)
     summary = relabel_to_file(

@@ -9,6 +9,7 @@ class prompts, once); memory stays flat with store size.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -17,13 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import geopandas as gpd
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from affine import Affine
+from rasterio.crs import CRS
 
 from geobimors._version import __version__
-from geobimors.embeddings.store import CAPTION, CAPTION_EMBEDDING, EMBEDDING, EmbeddingStore, open_store
+from geobimors.embeddings.dataset import StoreSet, open_stores, reproject
+from geobimors.embeddings.store import CAPTION, CAPTION_EMBEDDING, EMBEDDING, EmbeddingStore
 from geobimors.errors import InputError, ModelError
 from geobimors.heads.base import Head, works_from_embeddings
 from geobimors.heads.classifier import ClassifierSpec, get_classifier
@@ -34,6 +39,24 @@ from geobimors.run.store import RunLock, label_columns, result_table
 from geobimors.run.tasks import BatchResult
 
 DEFAULT_BATCH_ROWS = 16_384  # one row group: memory holds one at a time
+CHUNK_ROWS = 20_000  # records per written chunk (fewer, larger writes; bounded memory)
+
+
+@dataclass(frozen=True)
+class Part:
+    """Where records come from: one store file's scene, its transform and CRS.
+
+    Attributes:
+        transform: the scene's pixel-to-CRS transform (records hold pixel windows).
+        crs: the scene's CRS.
+        scene: the scene, for the ``scene`` column of a set of stores (``None`` for one store).
+        target: the CRS of the output (the set's; ``crs`` for one store).
+    """
+
+    transform: Affine
+    crs: CRS | None
+    scene: str | None = None
+    target: CRS | None = None
 
 
 @dataclass
@@ -47,7 +70,7 @@ class Relabeller:
         top_k: best labels kept per chip.
     """
 
-    store: EmbeddingStore
+    store: EmbeddingStore | StoreSet
     head: Head
     spec: ClassifierSpec
     top_k: int
@@ -64,7 +87,23 @@ class Relabeller:
 
     def records(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.Table]:
         """Chip records (as :func:`geobimors.run.store.result_table` makes them) batch by batch."""
-        store = self.store
+        for _, table in self.record_parts(batch_rows):
+            yield table
+
+    def record_parts(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[tuple[Part, pa.Table]]:
+        """Chip records batch by batch, each with the :class:`Part` (store file) it comes from."""
+        if isinstance(self.store, StoreSet):
+            target = self.store.crs
+            for member, store in self.store.iter_members():
+                part = Part(member.meta.scene_transform, member.meta.crs, member.meta.scene, target)
+                for table in self._records(store, batch_rows):
+                    yield part, table
+        else:
+            part = Part(self.store.meta.scene_transform, self.store.meta.crs, None, self.store.meta.crs)
+            for table in self._records(self.store, batch_rows):
+                yield part, table
+
+    def _records(self, store: EmbeddingStore, batch_rows: int) -> Iterator[pa.Table]:
         columns = ["row", "col", "pixel_bbox", "valid_fraction", EMBEDDING]
         if store.meta.has_captions:
             columns.append(CAPTION)
@@ -96,6 +135,17 @@ class Relabeller:
             )
             yield result_table(result, self.class_names, self.top_k)
 
+    def to_frame(self, part: Part, table: pa.Table) -> gpd.GeoDataFrame:
+        """The chips layer rows of some records: polygons in the output CRS (and ``scene`` for a set)."""
+        from geobimors.vector.gpkg import records_to_frame
+
+        frame = records_to_frame(table, part.transform, part.crs, self.output_columns(), self.extra_columns())
+        if part.scene is None:
+            return frame
+        frame.insert(0, "scene", part.scene)
+        geometry = reproject(np.asarray(frame.geometry.values), part.crs, part.target)
+        return gpd.GeoDataFrame(frame.drop(columns="geometry"), geometry=geometry, crs=part.target)
+
     def output_columns(self) -> list[str]:
         """Label/score (and caption) columns of the chips layer, as ``map`` writes them."""
         columns = [name for pair in label_columns(self.top_k) for name in pair]
@@ -110,6 +160,8 @@ class Relabeller:
 
     def describe(self) -> dict[str, str]:
         """Run metadata of the output, as ``map`` writes it (plus the store it came from)."""
+        if isinstance(self.store, StoreSet):
+            return self._describe_set(self.store)
         meta = self.store.meta
         grid = meta.grid
         head = f"{self.head.kind} ({self.spec.head})" if self.spec.head else "zero-shot"
@@ -134,9 +186,23 @@ class Relabeller:
             "embeddings_store": str(self.store.path),
         }
 
+    def _describe_set(self, stores: StoreSet) -> dict[str, str]:
+        meta = stores.meta
+        head = f"{self.head.kind} ({self.spec.head})" if self.spec.head else "zero-shot"
+        return {
+            "geobimors_version": __version__,
+            "scenes": json.dumps(stores.scenes),
+            "model": self.spec.model,
+            "head": head,
+            "labels": ", ".join(self.class_names),
+            "grid": f"{len(stores.members)} scenes, chips of {meta.chip_size[0]} x {meta.chip_size[1]} px",
+            "crs": stores.crs.to_string() if stores.crs is not None else "none (pixel coordinates)",
+            "embeddings_store": str(stores.path),
+        }
+
 
 def open_relabeller(
-    store: str | os.PathLike[str] | EmbeddingStore,
+    store: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | EmbeddingStore | StoreSet,
     labels: Sequence[Label] = (),
     head: str | os.PathLike[str] | None = None,
     model: str | None = None,
@@ -161,7 +227,7 @@ def open_relabeller(
     """
     from geobimors.heads.checkpoint import checkpoint_labels, read_metadata
 
-    opened = store if isinstance(store, EmbeddingStore) else open_store(store)
+    opened = open_stores(store)
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     metadata = read_metadata(Path(head)) if head is not None else None
@@ -196,7 +262,7 @@ def open_relabeller(
 
 
 def classify_embeddings(
-    store: str | os.PathLike[str] | EmbeddingStore,
+    store: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | EmbeddingStore | StoreSet,
     labels: Sequence[str | Label] | str | os.PathLike[str] = (),
     head: str | os.PathLike[str] | None = None,
     model: str | None = None,
@@ -218,24 +284,17 @@ def classify_embeddings(
     Returns:
         A GeoDataFrame with the columns of ``map``'s chips layer, in the scene CRS.
     """
-    import geopandas as gpd
     import pandas as pd
 
-    from geobimors.vector.gpkg import records_to_frame
-
     relabeller = open_relabeller(store, _labels(labels), head, model, top_k, device, precision)
-    meta = relabeller.store.meta
-    columns, extra = relabeller.output_columns(), relabeller.extra_columns()
-    frames = [records_to_frame(table, meta.scene_transform, meta.crs, columns, extra) for table in relabeller.records()]
+    frames = [relabeller.to_frame(part, table) for part, table in relabeller.record_parts()]
     if not frames:
-        return records_to_frame(
-            result_table(_empty_result(relabeller.top_k), relabeller.class_names, relabeller.top_k),
-            meta.scene_transform,
-            meta.crs,
-            columns,
-            extra,
-        )
-    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=meta.crs)
+        meta = relabeller.store.meta
+        empty = result_table(_empty_result(relabeller.top_k), relabeller.class_names, relabeller.top_k)
+        part = Part(meta.scene_transform, meta.crs, None, meta.crs)
+        return relabeller.to_frame(part, empty)
+    crs = frames[0].crs
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=crs)
 
 
 def _empty_result(k: int) -> BatchResult:
@@ -315,19 +374,16 @@ def relabel_to_file(
         progress_mode: ``bar``, ``jsonl`` or ``none``.
         load_seconds: time already spent loading (for the summary).
     """
-    from geobimors.run.pipeline import _chunks
-    from geobimors.vector.gpkg import GeoPackageWriter, check_output, records_to_frame
+    from geobimors.vector.gpkg import GeoPackageWriter, check_output
 
     start = time.monotonic() - load_seconds
     out = check_output(output, overwrite)
     summary = RelabelSummary(out, load_seconds=load_seconds)
-    meta = relabeller.store.meta
-    columns, extra = relabeller.output_columns(), relabeller.extra_columns()
     progress = Progress(relabeller.store.n_rows, progress_mode, desc="labels")
     with RunLock(out), GeoPackageWriter(out, overwrite, relabeller.describe()) as writer:
         try:
-            for table in _chunks(_timed(relabeller.records(), summary, progress)):
-                frame = records_to_frame(table, meta.scene_transform, meta.crs, columns, extra)
+            for part, table in _chunks(_timed(relabeller.record_parts(), summary, progress)):
+                frame = relabeller.to_frame(part, table)
                 summary.n_classified += len(frame)
                 summary.label_counts.update(frame["label"].dropna())
                 writer.append(frame)
@@ -339,12 +395,31 @@ def relabel_to_file(
     return summary
 
 
-def _timed(tables: Iterator[pa.Table], summary: RelabelSummary, progress: Progress) -> Iterator[pa.Table]:
+def _timed(
+    parts: Iterator[tuple[Part, pa.Table]], summary: RelabelSummary, progress: Progress
+) -> Iterator[tuple[Part, pa.Table]]:
     while True:
         began = time.monotonic()
-        table = next(tables, None)
+        item = next(parts, None)
         summary.label_seconds += time.monotonic() - began
-        if table is None:
+        if item is None:
             return
-        progress.update(table.num_rows)
-        yield table
+        progress.update(item[1].num_rows)
+        yield item
+
+
+def _chunks(parts: Iterator[tuple[Part, pa.Table]], rows: int = CHUNK_ROWS) -> Iterator[tuple[Part, pa.Table]]:
+    """Consecutive record tables of one store file concatenated into chunks of about ``rows`` rows."""
+    pending: list[pa.Table] = []
+    current: Part | None = None
+    count = 0
+    for part, table in parts:
+        if pending and (part != current or count >= rows):
+            assert current is not None
+            yield current, pa.concat_tables(pending)
+            pending, count = [], 0
+        current = part
+        pending.append(table)
+        count += table.num_rows
+    if pending and current is not None:
+        yield current, pa.concat_tables(pending)

@@ -9,7 +9,9 @@ HNSW graph took about 250 s for 100k 512-d rows (most of an hour for 1M), the IV
 for 1M, and both answer in milliseconds; IVF's recall is tuned after the build with ``nprobe``.
 
 Files: ``STORE.index`` (faiss binary) and ``STORE.index.json`` (settings and the store's
-fingerprint). Both are written to temporary names and renamed into place. The index is used
+fingerprint); for a directory of store files (:class:`~geobimors.embeddings.dataset.StoreSet`),
+``DIR.index`` beside the directory, over the rows of all its files in order, with every file's
+fingerprint. Both are written to temporary names and renamed into place. The index is used
 when its fingerprint (file size, row count and a SHA-256 of the Parquet footer, which holds
 every row group's statistics and offsets) matches the store; otherwise search notes that it
 is stale and searches exactly.
@@ -32,6 +34,7 @@ import numpy as np
 from geobimors.errors import InputError, OutputError, RunError
 
 if TYPE_CHECKING:
+    from geobimors.embeddings.dataset import StoreSet
     from geobimors.embeddings.store import EmbeddingStore
 
 INDEX_SUFFIX = ".index"
@@ -109,9 +112,14 @@ class EmbeddingIndex:
         return scores, positions
 
 
-def open_index(store: EmbeddingStore, nprobe: int | None = None) -> tuple[EmbeddingIndex | None, str | None]:
-    """The store's index when present and fresh, else None and a one-line note (None: no index)."""
-    index_path, meta_path = index_paths(store.path)
+def open_index(store: EmbeddingStore | StoreSet, nprobe: int | None = None) -> tuple[EmbeddingIndex | None, str | None]:
+    """The store's index when present and fresh, else None and a one-line note (None: no index).
+
+    A set of stores has an index when it is a directory (``DIR.index`` beside it); a glob or list has none.
+    """
+    if store.index_base is None:
+        return None, None
+    index_path, meta_path = index_paths(store.index_base)
     if not index_path.exists() and not meta_path.exists():
         return None, None
     rebuild = f"rebuild it with: geobimors index {store.path} --overwrite"
@@ -119,7 +127,7 @@ def open_index(store: EmbeddingStore, nprobe: int | None = None) -> tuple[Embedd
         settings = json.loads(meta_path.read_text())
     except (OSError, ValueError):
         return None, f"index {index_path} has no readable {meta_path.name}; exact search ({rebuild})"
-    if settings.get("store") != store_fingerprint(store.path, store.n_rows):
+    if settings.get("store") != store.fingerprint():
         return None, f"index {index_path} is stale (the store changed after it was built); exact search ({rebuild})"
     key = (str(index_path), index_path.stat().st_mtime_ns, json.dumps(settings["store"], sort_keys=True))
     cached = _LOADED.get(key[0])
@@ -150,7 +158,7 @@ class IndexSummary:
 
 
 def build_index(
-    store: EmbeddingStore,
+    store: EmbeddingStore | StoreSet,
     overwrite: bool = False,
     nlist: int | None = None,
     nprobe: int | None = None,
@@ -178,7 +186,12 @@ def build_index(
         import faiss
     except ImportError:
         raise InputError("geobimors index needs faiss: pip install faiss-cpu") from None
-    index_path, meta_path = index_paths(store.path)
+    if store.index_base is None:
+        raise InputError(
+            f"geobimors index writes the index beside one store file or a directory of store files, and {store.path} "
+            "is a glob or a list; put the files in one directory and index it"
+        )
+    index_path, meta_path = index_paths(store.index_base)
     if (index_path.exists() or meta_path.exists()) and not overwrite:
         raise OutputError(f"index {index_path} already exists; pass --overwrite to rebuild it")
     if not os.access(index_path.parent, os.W_OK):
@@ -226,7 +239,7 @@ def build_index(
         "embedding_dim": dim,
         "model": str(store.meta.model),
         "model_fingerprint": str(store.meta.model_fingerprint),
-        "store": store_fingerprint(store.path, n_rows),
+        "store": store.fingerprint(),
     }
     tmp_index = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
     tmp_meta = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import shapely
 
 from geobimors.errors import InputError
@@ -44,6 +43,7 @@ from geobimors.errors import InputError
 if TYPE_CHECKING:
     import geopandas as gpd
 
+    from geobimors.embeddings.dataset import StoreSet
     from geobimors.embeddings.store import EmbeddingStore
     from geobimors.models.clip import ClipModel
 
@@ -92,7 +92,7 @@ class SearchResult:
     method: str
     notes: list[str] = field(default_factory=list)
     grids: dict[str, np.ndarray] | None = None
-    store: EmbeddingStore | None = None
+    store: EmbeddingStore | StoreSet | None = None
 
 
 def check_query_text(text: str) -> str:
@@ -233,7 +233,7 @@ def _area_mask(batch: pa.RecordBatch, area: Any) -> np.ndarray:
     return mask
 
 
-def store_extent(store: EmbeddingStore) -> tuple[float, float, float, float] | None:
+def store_extent(store: EmbeddingStore | StoreSet) -> tuple[float, float, float, float] | None:
     """The store's bounding box from its GeoParquet metadata (None when absent)."""
     try:
         geo = store.geo
@@ -292,7 +292,7 @@ def _sort_examples(items: Sequence[str | Path], crs: Any, option: str) -> _Examp
     return examples
 
 
-def _store_examples(store: EmbeddingStore, examples: _Examples, option: str) -> np.ndarray:
+def _store_examples(store: EmbeddingStore | StoreSet, examples: _Examples, option: str) -> np.ndarray:
     """Embeddings of the store's chips named by id or covered by example geometries, in one pass."""
     wanted = set(examples.chip_ids)
     found: set[str] = set()
@@ -350,7 +350,7 @@ def _point_mask(batch: pa.RecordBatch, geometry: Any) -> np.ndarray:
 
 
 def example_vectors(
-    store: EmbeddingStore, items: Sequence[str | Path], clip: Callable[[], ClipModel], option: str
+    store: EmbeddingStore | StoreSet, items: Sequence[str | Path], clip: Callable[[], ClipModel], option: str
 ) -> np.ndarray:
     """(N, D) embeddings of ``like``/``unlike`` examples: chips of the store, or image files.
 
@@ -400,7 +400,7 @@ class TopK:
 
 
 def exact_search(
-    store: EmbeddingStore,
+    store: EmbeddingStore | StoreSet,
     vectors: np.ndarray,
     k: int,
     within: Any = None,
@@ -469,28 +469,13 @@ def exact_search(
     return top, searched, grids
 
 
-def take_rows(store: EmbeddingStore, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
-    """Rows at the given positions (file order), reading only the row groups that hold them."""
-    file = pq.ParquetFile(store.path)
-    names = [c for c in columns if c in store.columns]
-    if len(positions) == 0:
-        return store.schema.empty_table().select(names)
-    starts = np.cumsum([0] + [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)])
-    unique = np.unique(positions)
-    groups = np.unique(np.searchsorted(starts, unique, side="right") - 1)
-    parts = []
-    for group in groups:
-        in_group = unique[(unique >= starts[group]) & (unique < starts[group + 1])]
-        table = file.read_row_group(int(group), columns=names)
-        parts.append(table.take(pa.array(in_group - starts[group])))
-    table = pa.concat_tables(parts)
-    # Back to the order asked for.
-    lookup = np.searchsorted(unique, positions)
-    return table.take(pa.array(lookup))
+def take_rows(store: EmbeddingStore | StoreSet, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
+    """Rows at the given positions (in the order asked for), reading only the row groups that hold them."""
+    return store.take_rows(positions, columns)
 
 
 def hits_frame(
-    store: EmbeddingStore, queries: Sequence[Query], results: Sequence[tuple[np.ndarray, np.ndarray]]
+    store: EmbeddingStore | StoreSet, queries: Sequence[Query], results: Sequence[tuple[np.ndarray, np.ndarray]]
 ) -> gpd.GeoDataFrame:
     """The hits of every query as one GeoDataFrame (rank per query, best first)."""
     import geopandas as gpd
@@ -498,6 +483,10 @@ def hits_frame(
 
     all_positions = np.concatenate([positions for _, positions in results]) if results else np.zeros(0, np.int64)
     columns = ["chip_id", "row", "col", "caption", "geometry"]
+    from geobimors.embeddings.dataset import StoreSet
+
+    if isinstance(store, StoreSet):  # a set of stores: say which scene each hit is in
+        columns.insert(1, "scene")
     table = take_rows(store, all_positions, columns)
     frame = pd.DataFrame(
         {
@@ -510,15 +499,22 @@ def hits_frame(
             else np.zeros(0, dtype=object),
         }
     )
-    for name in ("chip_id", "row", "col", "caption"):
+    for name in ("chip_id", "scene", "row", "col", "caption"):
         if name in table.column_names:
             frame[name] = table.column(name).to_pandas()
     geometry = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
     return gpd.GeoDataFrame(frame, geometry=geometry, crs=store.meta.crs)
 
 
-def grid_shape_of(store: EmbeddingStore) -> tuple[int, int]:
+def grid_shape_of(store: EmbeddingStore | StoreSet) -> tuple[int, int]:
     """(n_rows, n_cols) of the store's chip grid."""
+    from geobimors.embeddings.dataset import StoreSet
+
+    if isinstance(store, StoreSet):
+        raise InputError(
+            f"--raster needs one store file: the {len(store.members)} stores in {store.path} each have their own "
+            "chip grid; search one scene's .parquet file for a similarity raster"
+        )
     grid = store.meta.grid
     try:
         return int(grid["n_rows"]), int(grid["n_cols"])
@@ -527,7 +523,7 @@ def grid_shape_of(store: EmbeddingStore) -> tuple[int, int]:
 
 
 def search_store(
-    store: EmbeddingStore,
+    store: EmbeddingStore | StoreSet,
     queries: Sequence[Query],
     k: int = DEFAULT_K,
     within: Any = None,
@@ -605,7 +601,7 @@ def search_store(
 
 
 def search(
-    store: str | Path | EmbeddingStore,
+    store: str | Path | Sequence[str | Path] | EmbeddingStore | StoreSet,
     queries: str | Sequence[str] = (),
     *,
     like: Sequence[str | Path] = (),
@@ -643,9 +639,9 @@ def search(
     Returns:
         The hits and how they were found.
     """
-    from geobimors.embeddings.store import EmbeddingStore, open_store
+    from geobimors.embeddings.dataset import open_stores
 
-    opened = store if isinstance(store, EmbeddingStore) else open_store(store)
+    opened = open_stores(store)
     texts = [check_query_text(q) for q in ([queries] if isinstance(queries, str) else list(queries))]
     check_k(k)
     if nprobe is not None and nprobe < 1:
@@ -691,7 +687,7 @@ def search(
     )
 
 
-def store_model(store: EmbeddingStore, model: str | None, device: str) -> ClipModel:
+def store_model(store: EmbeddingStore | StoreSet, model: str | None, device: str) -> ClipModel:
     """The model a store was embedded with (refusing other weights, with both names in the message)."""
     from geobimors.models.clip import load_model
 
@@ -701,7 +697,7 @@ def store_model(store: EmbeddingStore, model: str | None, device: str) -> ClipMo
     return clip
 
 
-def caption_query_vectors(store: EmbeddingStore, texts: Sequence[str], device: Any) -> np.ndarray | None:
+def caption_query_vectors(store: EmbeddingStore | StoreSet, texts: Sequence[str], device: Any) -> np.ndarray | None:
     """Unit caption-encoder vectors of query texts, or None when the store has no caption embeddings."""
     from geobimors.errors import warn
     from geobimors.models.caption_encoder import OFFLINE_DEFAULT, load_caption_encoder

@@ -606,6 +606,36 @@ class EmbeddingStore:
                 f"use --model {self.meta.model}, or re-embed the scene with geobimors embed --model {model}"
             )
 
+    @property
+    def index_base(self) -> Path:
+        """Where the store's index lives (``STORE`` -> ``STORE.index``)."""
+        return self.path
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the file's content (for the index's freshness)."""
+        from geobimors.embeddings.index import store_fingerprint
+
+        return store_fingerprint(self.path, self.n_rows)
+
+    def take_rows(self, positions: np.ndarray, columns: Sequence[str]) -> pa.Table:
+        """Rows at the given positions (file order), reading only the row groups that hold them."""
+        file = pq.ParquetFile(self.path)
+        names = [c for c in columns if c in self.columns]
+        if len(positions) == 0:
+            return self.schema.empty_table().select(names)
+        starts = np.cumsum([0] + [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)])
+        unique = np.unique(positions)
+        groups = np.unique(np.searchsorted(starts, unique, side="right") - 1)
+        parts = []
+        for group in groups:
+            in_group = unique[(unique >= starts[group]) & (unique < starts[group + 1])]
+            table = file.read_row_group(int(group), columns=names)
+            parts.append(table.take(pa.array(in_group - starts[group])))
+        table = pa.concat_tables(parts)
+        # Back to the order asked for.
+        lookup = np.searchsorted(unique, positions)
+        return table.take(pa.array(lookup))
+
     def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """All rows of some columns at once (for small stores; prefer :meth:`iter_batches`)."""
         batches = list(self.iter_batches(columns))

@@ -1,9 +1,11 @@
 """The dock panel: pick a raster, write labels, choose a model, run, and see the result on the map."""
 
+import contextlib
 import os
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer, QgsVectorLayer
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.gui import QgsCheckableComboBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
     QComboBox,
     QDockWidget,
@@ -18,7 +20,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from .runner import EnvironmentProblem, MapRequest, check_environment, command_prefix
+from .runner import EnvironmentProblem, MapRequest, check_environment, command_prefix, scene_arguments
 from .search_panel import SearchBox
 from .settings import configured_executable, set_configured_executable
 from .task import MapTask
@@ -55,10 +57,22 @@ class MapPanel(QDockWidget):
         self.raster = QgsMapLayerComboBox()
         self.raster.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.raster.setAllowEmptyLayer(True)
+        self.more_layers = QgsCheckableComboBox()
+        self.more_layers.setToolTip("More raster layers mapped with the first one into one output (a 'scene' column).")
         self.raster_file = QgsFileWidget()
+        self.raster_file.setStorageMode(QgsFileWidget.GetMultipleFiles)
         self.raster_file.setFilter("Rasters (*.tif *.tiff *.vrt *.jp2 *.img);;All files (*)")
+        self.folder = QgsFileWidget()
+        self.folder.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folder.setToolTip("Every raster in the folder is mapped into one output.")
         form.addRow("Raster layer", self.raster)
-        form.addRow("or raster file", self.raster_file)
+        form.addRow("and more layers", self.more_layers)
+        form.addRow("or raster files", self.raster_file)
+        form.addRow("or a folder of rasters", self.folder)
+        project = QgsProject.instance()
+        project.layersAdded.connect(self.refresh_layers)
+        project.layersRemoved.connect(self.refresh_layers)
+        self.refresh_layers()
 
         self.labels = QPlainTextEdit(DEFAULT_LABELS)
         self.labels.setToolTip("One label per line; 'label: prompt text' describes a label in other words.")
@@ -156,20 +170,44 @@ class MapPanel(QDockWidget):
         self.message(f"found {version}", Qgis.Success)
         return version
 
-    def scene(self):
-        path = self.raster_file.filePath().strip()
-        if path:
-            return path, None
-        layer = self.raster.currentLayer()
-        return (layer.source(), layer) if layer is not None else (None, None)
+    def refresh_layers(self, *_):
+        """List the project's raster layers in the 'more layers' box (keeping those checked)."""
+        checked = set(self.more_layers.checkedItemsData())
+        self.more_layers.clear()
+        for layer in QgsProject.instance().mapLayers().values():
+            if isinstance(layer, QgsRasterLayer):
+                self.more_layers.addItemWithCheckState(
+                    layer.name(), Qt.Checked if layer.id() in checked else Qt.Unchecked, layer.id()
+                )
+
+    def disconnect_project(self):
+        """Stop following the project's layers (the panel is being removed)."""
+        project = QgsProject.instance()
+        for signal in (project.layersAdded, project.layersRemoved):
+            with contextlib.suppress(TypeError):  # not connected
+                signal.disconnect(self.refresh_layers)
+
+    def scenes(self):
+        """What to map, and the layer to draw the result above.
+
+        Raster files, else a folder, else the raster layer with the checked 'more layers':
+        several SCENE arguments of one ``geobimors map`` run.
+        """
+        files = [p for p in QgsFileWidget.splitFilePaths(self.raster_file.filePath()) if p.strip()]
+        folder = self.folder.filePath().strip()
+        if files or folder:
+            return files + ([folder] if folder else []), None
+        project = QgsProject.instance()
+        layers = [self.raster.currentLayer()] + [project.mapLayer(i) for i in self.more_layers.checkedItemsData()]
+        layers = [layer for layer in layers if layer is not None]
+        return [layer.source() for layer in layers], (layers[0] if layers else None)
 
     def request(self):
-        scene, _ = self.scene()
-        if not scene:
-            raise ValueError("choose a raster layer or file")
+        scenes = scene_arguments(self.scenes()[0])  # ValueError when nothing is chosen
         output = self.output.filePath().strip()
         if not output:
-            output = os.path.splitext(os.path.basename(scene))[0] + ".geobimors.gpkg"
+            first = os.path.splitext(os.path.basename(scenes[0].rstrip(os.sep)))[0]
+            output = (first if len(scenes) == 1 else f"{first}-and-{len(scenes) - 1}-more") + ".geobimors.gpkg"
             output = os.path.join(QgsProject.instance().homePath() or os.path.expanduser("~"), output)
         if not output.lower().endswith(".gpkg"):
             output += ".gpkg"
@@ -178,7 +216,7 @@ class MapPanel(QDockWidget):
         if not labels and not head:
             raise ValueError("write at least two labels, or choose a trained head")
         return MapRequest(
-            scene=scene,
+            scene=scenes,
             output=output,
             labels=labels,
             model=self.model.text().strip() or None,
@@ -232,7 +270,7 @@ class MapPanel(QDockWidget):
         project = QgsProject.instance()
         project.addMapLayer(layer, False)
         root = project.layerTreeRoot()
-        _, raster = self.scene()
+        _, raster = self.scenes()
         index = 0
         if isinstance(raster, QgsRasterLayer):
             node = root.findLayer(raster.id())

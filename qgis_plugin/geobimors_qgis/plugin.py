@@ -63,6 +63,7 @@ class GeobimorsPlugin:
             self.iface.removeToolBarIcon(self.actions[0])
         if self.panel is not None:
             self.iface.removeDockWidget(self.panel)
+            self.panel.disconnect_project()
             self.panel.deleteLater()
             self.panel = None
         if self.provider is not None:

@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMapLayer,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -30,6 +31,7 @@ from .runner import (
     run_assess,
     run_embed,
     run_map,
+    scene_arguments,
 )
 from .search_algorithm import SearchEmbeddingsAlgorithm
 from .settings import configured_prefix
@@ -46,6 +48,8 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
     GROUP_ID = "classification"
 
     INPUT = "INPUT"
+    MORE_INPUTS = "MORE_INPUTS"
+    FOLDER = "FOLDER"
     LABELS = "LABELS"
     LABELS_FILE = "LABELS_FILE"
     MODEL = "MODEL"
@@ -65,11 +69,23 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             "Labels: one per line ('label: prompt text' describes a label in other words), or a labels file. "
             "Model: 'mini' (bundled, offline), an open_clip name such as ViT-B-16:openai, or a checkpoint. "
             "Chip size and overlap: pixels (224) or ground units (640m).\n\n"
+            "Several scenes (more raster layers, or a folder of rasters) are mapped into one output with a "
+            "'scene' column.\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
 
     def initAlgorithm(self, config=None):
-        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Raster", optional=True))
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers(
+                self.MORE_INPUTS, "More rasters (one map of all)", QgsProcessing.TypeRaster, optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.FOLDER, "Folder of rasters", behavior=QgsProcessingParameterFile.Folder, optional=True
+            )
+        )
         self.addParameter(
             QgsProcessingParameterString(self.LABELS, "Labels (one per line)", multiLine=True, optional=True)
         )
@@ -101,10 +117,24 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
         )
 
-    def processAlgorithm(self, parameters, context, feedback):
+    def scenes(self, parameters, context):
+        """The SCENE arguments: the raster, the more rasters and the folder, in this order."""
+        scenes = []
         raster = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if raster is None:
-            raise QgsProcessingException("no raster layer given")
+        if raster is not None:
+            scenes.append(raster.source())
+        for layer in self.parameterAsLayerList(parameters, self.MORE_INPUTS, context) or []:
+            scenes.append(layer.source())
+        folder = self.parameterAsFile(parameters, self.FOLDER, context)
+        if folder:
+            scenes.append(folder)
+        try:
+            return scene_arguments(scenes)
+        except ValueError:
+            raise QgsProcessingException("no raster given: choose a raster, more rasters or a folder") from None
+
+    def processAlgorithm(self, parameters, context, feedback):
+        scenes = self.scenes(parameters, context)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         if not output.lower().endswith(".gpkg"):
             output = os.path.splitext(output)[0] + ".gpkg"
@@ -116,7 +146,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
         if not labels and not labels_file and not head:
             raise QgsProcessingException("give labels (one per line), a labels file, or a trained head")
         request = MapRequest(
-            scene=raster.source(),
+            scene=scenes,
             output=output,
             labels=labels,
             labels_file=labels_file,
@@ -132,7 +162,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             prefix = configured_prefix()
         except EnvironmentProblem as exc:
             raise QgsProcessingException(str(exc)) from None
-        feedback.pushInfo("running: " + " ".join([*prefix, "map", request.scene, "-o", request.output]))
+        feedback.pushInfo("running: " + " ".join([*prefix, "map", *scenes, "-o", request.output]))
         result = run_map(prefix, request, feedback.setProgress, feedback.isCanceled)
         for warning in result.warnings:
             feedback.reportError(warning, fatalError=False)

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 SETTINGS_KEY = "geobimors/executable"
 INSTALL_HINT = (
@@ -34,11 +34,42 @@ class RunFailed(Exception):
     """The CLI reported an error (its one-line message) or failed."""
 
 
+def scene_arguments(scene: Union[str, Sequence[str]]) -> List[str]:
+    """The SCENE arguments of ``map``/``embed``: one path, or several (raster files, folders, layers' sources).
+
+    Empty entries are dropped and repeated ones kept once, in order.
+
+    Raises:
+        ValueError: when nothing is left.
+    """
+    items = [scene] if isinstance(scene, str) else list(scene)
+    scenes: List[str] = []
+    for item in items:
+        text = str(item).strip()
+        if text and text not in scenes:
+            scenes.append(text)
+    if not scenes:
+        raise ValueError("choose a raster layer, raster files or a folder of rasters")
+    return scenes
+
+
+def describe_scenes(scene: Union[str, Sequence[str]]) -> str:
+    """A short name of what is mapped: the scene, or 'N scenes (first, ...)'."""
+    scenes = scene_arguments(scene)
+    if len(scenes) == 1:
+        return scenes[0]
+    return f"{len(scenes)} scenes ({os.path.basename(scenes[0].rstrip(os.sep))}, ...)"
+
+
 @dataclass
 class MapRequest:
-    """The options of one ``geobimors map`` run."""
+    """The options of one ``geobimors map`` run.
 
-    scene: str
+    ``scene`` is one raster (a path, URL or folder) or a list of them: several SCENE arguments,
+    mapped into one output by the CLI.
+    """
+
+    scene: Union[str, List[str]]
     output: str
     labels: List[str] = field(default_factory=list)
     labels_file: Optional[str] = None
@@ -92,7 +123,8 @@ def check_environment(prefix: List[str], timeout: float = 60.0) -> str:
 
 def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
     """Arguments of ``geobimors map`` for a request (a list: never through a shell)."""
-    args = ["map", request.scene, "-o", request.output, "--progress", "jsonl", "--device", request.device]
+    args = ["map", *scene_arguments(request.scene), "-o", request.output, "--progress", "jsonl"]
+    args += ["--device", request.device]
     if labels_path:
         args += ["--labels", labels_path]
     for option, value in (
@@ -115,9 +147,9 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
 
 @dataclass
 class EmbedRequest:
-    """The options of one ``geobimors embed`` run."""
+    """The options of one ``geobimors embed`` run (several scenes: ``output`` is a folder of stores)."""
 
-    scene: str
+    scene: Union[str, List[str]]
     output: str
     model: Optional[str] = None
     chip_size: Optional[str] = None
@@ -132,7 +164,8 @@ class EmbedRequest:
 
 def build_embed_args(request: EmbedRequest) -> List[str]:
     """Arguments of ``geobimors embed`` for a request (a list: never through a shell)."""
-    args = ["embed", request.scene, "-o", request.output, "--progress", "jsonl", "--device", request.device]
+    args = ["embed", *scene_arguments(request.scene), "-o", request.output, "--progress", "jsonl"]
+    args += ["--device", request.device]
     args += ["--dtype", request.dtype]
     for option, value in (
         ("--model", request.model),

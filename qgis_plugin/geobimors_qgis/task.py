@@ -2,7 +2,7 @@
 
 from qgis.core import QgsTask
 
-from .runner import EnvironmentProblem, MapRequest, RunResult, run_map
+from .runner import EnvironmentProblem, MapRequest, RunResult, describe_scenes, run_map
 
 
 class MapTask(QgsTask):
@@ -15,7 +15,7 @@ class MapTask(QgsTask):
     """
 
     def __init__(self, prefix, request: MapRequest, on_done):
-        super().__init__(f"geobimors: mapping {request.scene}", QgsTask.CanCancel)
+        super().__init__(f"geobimors: mapping {describe_scenes(request.scene)}", QgsTask.CanCancel)
         self.prefix = prefix
         self.request = request
         self.on_done = on_done
