@@ -34,6 +34,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self._start = time.monotonic()
         self._bar: Any = None
+        self.fields: dict[str, Any] = {}
         if mode == "bar":
             from tqdm.auto import tqdm
 
@@ -50,10 +51,17 @@ class Progress:
             "done": self.done,
             "total": self.total,
             "elapsed": round(time.monotonic() - self._start, 3),
+            **self.fields,
             **fields,
         }
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
+
+    def set_fields(self, **fields: Any) -> None:
+        """Fields added to every later JSON line and shown after the bar (e.g. ``scenes_done=3``)."""
+        self.fields.update(fields)
+        if self._bar is not None:
+            self._bar.set_postfix(fields, refresh=False)
 
     def update(self, n: int) -> None:
         """Count ``n`` more chips done."""
