@@ -448,7 +448,7 @@ def map_command(
     if not quiet and progress_mode != "jsonl":
         click.echo(f"Work: {work_estimate(plan)}", err=True)
     progress = "none" if quiet else progress_mode
-    run = {"overwrite": overwrite, "regions": regions, "restart": restart, "embeddings": embeddings}
+    run: dict[str, Any] = {"overwrite": overwrite, "regions": regions, "restart": restart, "embeddings": embeddings}
     summary = _run_map(plan, out, scheduler, workers, progress, quiet, **run)
     _report_map(summary, show_summary=not quiet and progress_mode != "jsonl")
 
@@ -1259,13 +1259,14 @@ def _map_from_embeddings(
 
 
 @cli.command("embed")
-@click.argument("scene")
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="Embeddings store (GeoParquet).  [default: SCENE_NAME.embeddings.parquet in the current directory]",
+    help="Embeddings store (GeoParquet); several scenes: a directory, one store per scene (DIR/NAME.parquet).  "
+    "[default: SCENE_NAME.embeddings.parquet in the current directory]",
 )
 @click.option("-m", "--model", default="mini", show_default=True, help=MODEL_HELP)
 @chip_options
@@ -1298,10 +1299,11 @@ def _map_from_embeddings(
 )
 @click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit.")
 @click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions.")
+@scenes_options
 @run_options
 @common_options
 def embed_command(
-    scene: str,
+    scenes: tuple[str, ...],
     output: Path | None,
     model: str,
     batch_size: int,
@@ -1314,6 +1316,8 @@ def embed_command(
     caption_encoder: str,
     max_new_tokens: int,
     num_beams: int,
+    asset: str | None,
+    fail_fast: bool,
     overwrite: bool,
     restart: bool,
     progress_mode: str,
@@ -1325,11 +1329,14 @@ def embed_command(
 
     Chips are cut exactly as `geobimors map` cuts them with the same options. The
     store is GeoParquet 1.1 (geopandas, DuckDB, GDAL, lonboard open it); an
-    interrupted run resumes when the same command runs again.
+    interrupted run resumes when the same command runs again. Several scenes (paths,
+    folders, quoted globs, @list.txt, STAC files) make a dataset directory with one
+    store per scene; re-running with more scenes embeds only the new ones.
 
     \b
     Examples:
       geobimors embed scene.tif -o scene.parquet
+      geobimors embed tiles/ -o region.parquet/
       geobimors map --from-embeddings scene.parquet -l labels.txt -o labels.gpkg
     """
     from geobimors.embeddings.embed import embed_to_file, plan_embed
@@ -1337,6 +1344,13 @@ def embed_command(
     from geobimors.run.execute import make_executor
     from geobimors.run.plan import MapSettings
 
+    sources = _scene_sources(scenes, asset, chip["allow_network"])
+    if sources is not None and len(sources) > 1:
+        _embed_scenes(sources, output, model, batch_size, device, precision, scheduler, workers, dtype, captioner,
+                      caption_encoder, max_new_tokens, num_beams, fail_fast, overwrite, restart, progress_mode, quiet,
+                      chip)  # fmt: skip
+        return
+    scene = sources[0].path if sources is not None else scenes[0]
     out = (
         output if output is not None else Path(_default_output(scene).replace(".geobimors.gpkg", ".embeddings.parquet"))
     )
@@ -1375,6 +1389,73 @@ def embed_command(
             "has every other chip",
             err=True,
         )
+        sys.exit(1)
+
+
+def _embed_scenes(
+    sources: list[Any],
+    output: Path | None,
+    model: str,
+    batch_size: int,
+    device: str,
+    precision: str,
+    scheduler: str | None,
+    workers: int | None,
+    dtype: str,
+    captioner: str | None,
+    caption_encoder: str,
+    max_new_tokens: int,
+    num_beams: int,
+    fail_fast: bool,
+    overwrite: bool,
+    restart: bool,
+    progress_mode: str,
+    quiet: bool,
+    chip: dict[str, Any],
+) -> None:
+    """``geobimors embed`` of several scenes: a directory with one store per scene."""
+    from geobimors.embeddings.multi import check_dataset_output, embed_dataset, plan_dataset
+    from geobimors.run.execute import make_executor
+    from geobimors.run.plan import MapSettings
+
+    if output is None:
+        raise InputError(f"{len(sources)} scenes make a dataset directory (one store per scene): name it with -o DIR/")
+    directory = check_dataset_output(output, sources)
+    _check_workers(workers)
+    spec = None
+    if captioner is not None:
+        spec = _captioner_spec(None if captioner == "auto" else captioner, max_new_tokens, num_beams)
+    settings = MapSettings(
+        scene=sources[0].path,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        **_chip_settings(chip),
+        **_safety_settings(chip),
+    )
+    encoder = None if caption_encoder.lower() == "none" else caption_encoder
+    scenes = plan_dataset(sources, directory, settings, dtype, spec, encoder, fail_fast)
+    executor = make_executor(scheduler, workers, gpu=device == "cuda")
+    try:
+        summary = embed_dataset(scenes, directory, overwrite, restart, fail_fast,
+                                "none" if quiet else progress_mode, executor)  # fmt: skip
+    finally:
+        executor.close()
+    if not quiet and progress_mode != "jsonl":
+        for line in summary.lines():
+            click.echo(line)
+    failed = summary.failed_scenes
+    if failed:
+        click.echo(
+            f"Warning: {len(failed)} of {len(summary.scenes)} scenes failed (first: {failed[0].source.name}: "
+            f"{failed[0].reason}); the others are stored; fix or drop them and re-run the same command: stored "
+            "scenes are kept",
+            err=True,
+        )
+    if summary.n_failed:
+        click.echo(f"Warning: {summary.n_failed} chips could not be read; the stores have every other chip", err=True)
+    if failed or summary.n_failed:
         sys.exit(1)
 
 

@@ -60,8 +60,8 @@ class Progress:
     def set_fields(self, **fields: Any) -> None:
         """Fields added to every later JSON line and shown after the bar (e.g. ``scenes_done=3``)."""
         self.fields.update(fields)
-        if self._bar is not None:
-            self._bar.set_postfix(fields, refresh=False)
+        if self._bar is not None and "scenes_done" in self.fields:
+            self._bar.set_postfix_str(f"scenes {self.fields['scenes_done']}/{self.fields.get('scenes_total')}", False)
 
     def update(self, n: int) -> None:
         """Count ``n`` more chips done."""

@@ -30,6 +30,7 @@ from rasterio.crs import CRS
 from geobimors.errors import GeobimorsError, InputError, RunError
 from geobimors.heads.classifier import get_classifier
 from geobimors.progress import Progress
+from geobimors.raster.scene import SceneInfo
 from geobimors.raster.sources import SceneSource, check_output_not_input
 from geobimors.run.execute import LocalExecutor
 from geobimors.run.pipeline import (
@@ -139,7 +140,7 @@ def plan_scenes(
     if not planned:
         first = next(run for run in runs if run.reason)
         raise InputError(f"no scene can be mapped; the first, {first.source.name}: {first.reason}")
-    _check_alike(planned, settings)
+    check_alike([plan.scene for plan in planned], settings.bands is not None)
     out_crs, note = output_crs(planned, target)
     return MultiPlan(runs, out_crs, note)
 
@@ -160,17 +161,22 @@ def parse_crs(text: str | None) -> CRS | None:
         raise InputError(f"--crs {text!r} is not a known CRS; give an EPSG code (EPSG:3035), WKT or PROJ") from None
 
 
-def _check_alike(plans: Sequence[ScenePlan], settings: MapSettings) -> None:
-    counts = {plan.scene.count for plan in plans}
-    if settings.bands is None and len(counts) > 1:
-        examples = {plan.scene.count: plan.scene.name for plan in plans}
+def check_alike(scenes: Sequence[SceneInfo], bands_given: bool) -> None:
+    """Refuse scenes that cannot share one run: band counts that differ (without ``--bands``), CRS and none.
+
+    Raises:
+        InputError: with the fix.
+    """
+    counts = {scene.count for scene in scenes}
+    if not bands_given and len(counts) > 1:
+        examples = {scene.count: scene.name for scene in scenes}
         listed = ", ".join(f"{name} has {count}" for count, name in sorted(examples.items()))
         raise InputError(
             f"the scenes have different band counts ({listed}); pass --bands R,G,B to use the same bands in every "
             "scene, or map them in separate runs"
         )
-    without = [plan.scene.name for plan in plans if plan.scene.crs is None]
-    if without and len(without) < len(plans):
+    without = [scene.name for scene in scenes if scene.crs is None]
+    if without and len(without) < len(scenes):
         raise InputError(
             f"{len(without)} scene(s) have no CRS ({without[0]}, ...) and the others have one: their chips cannot "
             "share a map; assign a CRS to them (gdal_edit.py -a_srs EPSG:XXXX) or map them separately"
@@ -231,8 +237,6 @@ class MultiSummary:
         if dropped:
             out.append(f"overlaps: {dropped} chips left out where another scene maps the place (--keep-overlaps)")
         out += total[split:]
-        if self.crs_note:
-            out.append(f"note: {self.crs_note}")
         if self.total.output is not None:
             out.append(f"output: {self.total.output}")
         return out
