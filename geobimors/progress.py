@@ -22,11 +22,12 @@ class Progress:
         initial: chips already done (resumed runs).
         stream: where bars and JSON lines go (stderr by default).
         unit: what is counted (the bar shows ``unit/s``).
+        fields: added to every JSON line (see :meth:`set_fields`).
     """
 
     def __init__(
         self, total: int, mode: str = "bar", desc: str = "chips", initial: int = 0, stream: TextIO | None = None,
-        unit: str = "chip",
+        unit: str = "chip", fields: dict[str, Any] | None = None,
     ) -> None:
         self.total = total
         self.done = initial
@@ -34,7 +35,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self._start = time.monotonic()
         self._bar: Any = None
-        self.fields: dict[str, Any] = {}
+        self.fields: dict[str, Any] = dict(fields or {})
         if mode == "bar":
             from tqdm.auto import tqdm
 

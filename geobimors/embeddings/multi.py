@@ -178,8 +178,9 @@ def embed_dataset(
     todo = [s for s in scenes if s.plan is not None and not _keep(s, overwrite)]
     executor = executor or LocalExecutor()
     total = sum(s.plan.n_chips for s in todo if s.plan is not None)
-    progress = Progress(total, progress_mode, desc="embed")
-    progress.set_fields(scenes_done=len(scenes) - len(todo), scenes_total=len(scenes))
+    fields = {"scenes_done": len(scenes) - len(todo), "scenes_total": len(scenes)}
+    progress = Progress(total, progress_mode, desc="embed", fields=fields)
+    progress.set_fields(**fields)
     try:
         for scene in todo:
             _embed_one(scene, overwrite, restart, fail_fast, progress, executor)

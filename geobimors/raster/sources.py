@@ -200,7 +200,8 @@ def _from_stac(path: Path, kind: str, asset_key: str | None, allow_network: bool
             raise InputError(
                 f"STAC item {item.id} in {path}: its asset is remote ({href}); pass --allow-network to read it"
             )
-        target = href if is_remote(href) else str(Path(href).absolute())
+        # Items of an ItemCollection have no self link: their relative hrefs are relative to the file.
+        target = href if is_remote(href) else str((path.parent / href).absolute())
         out.append(SceneSource(target, str(item.id), _item_datetime(item), str(path)))
     if not out:
         raise InputError(f"STAC {kind} {path} holds no items")

@@ -355,9 +355,10 @@ def _run_all(
     done = {i: stores[i].done() for i in range(len(runs))}
     sizes = {i: (run.plan.n_batches if run.plan else 0) for i, run in enumerate(runs)}
     total.resumed_chips = sum(_chips_in(run.plan, done[i]) for i, run in enumerate(runs) if run.plan)
-    progress = Progress(multi.n_chips, progress_mode, initial=total.resumed_chips)
     finished = {i for i in done if len(done[i]) == sizes[i]}
-    progress.set_fields(scenes_done=len(finished), scenes_total=len(multi.runs))
+    fields = {"scenes_done": len(finished), "scenes_total": len(multi.runs)}
+    progress = Progress(multi.n_chips, progress_mode, initial=total.resumed_chips, fields=fields)
+    progress.set_fields(**fields)
     owners: list[int] = []
     tasks = _all_tasks(runs, done, captions, owners)
     try:
