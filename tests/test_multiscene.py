@@ -340,6 +340,27 @@ def test_failed_scene_fixed_and_rerun_maps_only_it(
     assert chips(clean).drop(columns="geometry").equals(chips(out).drop(columns="geometry"))
 
 
+def test_adding_scenes_to_a_finished_map_maps_only_the_new(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, labels_file: Path, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, b = pair
+    c = make_geotiff(tmp_path / "c.tif", random_rgb(64, 64, seed=7), transform=origin(500_480))
+    out = tmp_path / "out.gpkg"
+    assert mapped(capsys, tiny_model, labels_file, out, a, b).exit_code == 0
+    assert "scene_parts" in pyogrio.list_layers(out)[:, 0]
+    assert_one_line_error(mapped(capsys, tiny_model, labels_file, out, a, b, c), 2, "--overwrite")
+    added = mapped(capsys, tiny_model, labels_file, out, a, b, c, extra=["--overwrite"])
+    assert added.exit_code == 0, added.err
+    assert "resumed: 32 chips" in added.out  # a and b came from the output: only c was mapped
+    clean = tmp_path / "clean.gpkg"
+    assert mapped(capsys, tiny_model, labels_file, clean, a, b, c).exit_code == 0
+    x, y = chips(clean), chips(out)
+    assert set(x.scene) == {"a", "b", "c"} and x.drop(columns="geometry").equals(y.drop(columns="geometry"))
+    # Other settings change every scene's fingerprint: nothing is restored.
+    other = mapped(capsys, tiny_model, labels_file, out, a, b, c, extra=["--overwrite", "--top-k", "2"])
+    assert other.exit_code == 0 and "resumed" not in other.out
+
+
 # --- embed: a dataset directory -----------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ run store); the helpers here and there are shared (tasks, records, frames, write
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -52,6 +53,9 @@ from geobimors.vector.overlap import overlap_losers, to_output_crs
 
 #: Non-spatial table of the scenes that could not be mapped (scene, path, reason).
 FAILED_SCENES_TABLE = "failed_scenes"
+#: Non-spatial table of each scene's finished run-store parts (Parquet, base64) and plan fingerprint:
+#: a later run with more scenes (``--overwrite``) restores the scenes it already holds instead of mapping them.
+PARTS_TABLE = "scene_parts"
 #: The manifest of a multi-scene run store (scene stores are sub-folders, one per scene fingerprint).
 _MULTI_KIND = "multi-scene"
 
@@ -229,6 +233,10 @@ class MultiSummary:
         total = [line for line in self.total.lines() if not line.startswith(("grid:", "output:"))]
         split = next((k for k, line in enumerate(total) if line.startswith("labels")), len(total))
         failed = f", {len(self.failed_scenes)} failed" if self.failed_scenes else ""
+        total = [
+            line.replace("from the interrupted earlier run", "from an earlier run (its store or the existing output)")
+            for line in total
+        ]
         out = [*total[:split], f"scenes: {done} of {len(self.runs)} mapped{failed}"]
         out += [f"  {run.source.name}: {scene_line(run)}" for run in self.runs[:max_scenes]]
         if len(self.runs) > max_scenes:
@@ -300,6 +308,8 @@ def map_scenes_to_file(
             get_classifier(multi.first.classifier)  # once for all scenes; a bad model fails before any store
         summary.total.load_seconds = time.monotonic() - loading
         stores = open_scene_stores(out, multi.planned, restart)
+        if overwrite and not restart:
+            restore_parts(out, stores)
         if on_start is not None:
             on_start(executor)
         progress = _run_all(multi, stores, executor, progress_mode, fail_fast, summary.total)
@@ -451,6 +461,8 @@ def write_output(
                 writer.append(chips)
                 writer.append(failed, FAILED_LAYER)
         writer.write_table(failed_scenes_frame(summary.failed_scenes), FAILED_SCENES_TABLE)
+        for i, _ in runs:
+            writer.write_table(parts_frame(stores[i]), PARTS_TABLE)
         writer.finish(multi.first.classifier.class_names, regions=regions)
 
 
@@ -467,6 +479,37 @@ def _count_scenes(runs: Sequence[tuple[int, SceneRun]], stores: dict[int, RunSto
         total.n_failed += run.summary.n_failed
         if total.first_failure is None and run.summary.first_failure is not None:
             total.first_failure = f"scene {run.source.name} {run.summary.first_failure}"
+
+
+def parts_frame(store: RunStore) -> pd.DataFrame:
+    """The ``scene_parts`` rows of one scene: fingerprint, kind, index and the part's Parquet bytes (base64)."""
+    rows = [
+        (store.fingerprint, kind, index, base64.b64encode(store.part_path(index, kind).read_bytes()).decode())
+        for kind in ("batch", "captions")
+        for index in sorted(store.done(kind))
+    ]
+    return pd.DataFrame(rows, columns=["fingerprint", "kind", "part", "data"]).astype(
+        {"fingerprint": object, "kind": object, "part": np.int64, "data": object}
+    )
+
+
+def restore_parts(output: Path, stores: dict[int, RunStore]) -> None:
+    """Restore the parts of scenes an existing output already holds (same fingerprint) into empty stores."""
+    import pyogrio
+
+    if not output.is_file():
+        return
+    try:
+        if PARTS_TABLE not in pyogrio.list_layers(output)[:, 0]:
+            return
+    except Exception:  # not a GeoPackage we can read: nothing to restore (it will be replaced)
+        return
+    for store in stores.values():
+        if store.done() or store.done("captions"):
+            continue
+        rows = pyogrio.read_dataframe(output, layer=PARTS_TABLE, where=f"fingerprint = '{store.fingerprint}'")
+        for kind, index, data in zip(rows["kind"], rows["part"], rows["data"]):
+            store.write_bytes(int(index), base64.b64decode(data), str(kind))
 
 
 def _losers(runs: Sequence[tuple[int, SceneRun]], stores: dict[int, RunStore], crs: CRS | None) -> dict[int, set[int]]:

@@ -153,6 +153,13 @@ class RunStore:
                 f"({exc.strerror or exc}); free space and run the same command again to resume"
             ) from exc
 
+    def write_bytes(self, index: int, data: bytes, kind: str = "batch") -> None:
+        """Store a part from its Parquet bytes (restored from a finished output), atomically."""
+        path = self.part_path(index, kind)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
     def tables(self, kind: str = "batch", columns: list[str] | None = None) -> Iterator[pa.Table]:
         """Stored parts in index order (only ``columns`` when given)."""
         for index in sorted(self.done(kind)):

@@ -156,9 +156,9 @@ class GeoPackageWriter:
             raise _write_error(self.output, exc) from exc
 
     def write_table(self, frame: pd.DataFrame, layer: str) -> None:
-        """Write a table without geometry (e.g. ``failed_scenes``), even when empty."""
+        """Write (or append to) a table without geometry (e.g. ``failed_scenes``), created even when empty."""
         try:
-            pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", append=False)
+            pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", append=layer in self._created)
         except Exception as exc:  # pyogrio raises several types; all mean the write failed
             raise _write_error(self.output, exc) from exc
         self._created.add(layer)
