@@ -217,11 +217,19 @@ def bad_inputs(tmp: Path, pair: tuple[Path, Path]) -> dict[str, tuple[list[objec
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["mixed band counts", "folder with no rasters", "glob matching nothing", "scenes with and without a CRS",
-     "unknown --crs", "output among the inputs"],
-)  # fmt: skip
+BAD_INPUTS = ["mixed band counts", "folder with no rasters", "glob matching nothing", "scenes with and without a CRS",
+              "unknown --crs", "output among the inputs"]  # fmt: skip
+
+
+def test_many_scene_cases_are_documented() -> None:
+    text = (ROOT / "docs" / "errors.md").read_text()
+    others = ["several scenes without -o", "--embeddings with several scenes", "duplicate paths",
+              "a bad scene with --fail-fast", "embed: several scenes, -o a file", "embed: a bad scene among several"]  # fmt: skip
+    missing = [name for name in [*BAD_INPUTS, *others] if f"| {name} |" not in text]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line(
     capsys: pytest.CaptureFixture[str],
     tiny_model: str,

@@ -157,10 +157,12 @@ def parse_crs(text: str | None) -> CRS | None:
     """
     if text is None:
         return None
+    import rasterio
     from rasterio.errors import CRSError
 
     try:
-        return CRS.from_user_input(text)
+        with rasterio.Env():  # GDAL's messages go to logging, not stderr
+            return CRS.from_user_input(text)
     except CRSError:
         raise InputError(f"--crs {text!r} is not a known CRS; give an EPSG code (EPSG:3035), WKT or PROJ") from None
 
