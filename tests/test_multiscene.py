@@ -223,8 +223,10 @@ BAD_INPUTS = ["mixed band counts", "folder with no rasters", "glob matching noth
 
 def test_many_scene_cases_are_documented() -> None:
     text = (ROOT / "docs" / "errors.md").read_text()
-    others = ["several scenes without -o", "--embeddings with several scenes", "duplicate paths",
-              "a bad scene with --fail-fast", "embed: several scenes, -o a file", "embed: a bad scene among several"]  # fmt: skip
+    others = [
+        "several scenes without -o", "--embeddings with several scenes", "duplicate paths",
+        "a bad scene with --fail-fast", "embed: several scenes, -o a file", "embed: a bad scene among several",
+    ]  # fmt: skip
     missing = [name for name in [*BAD_INPUTS, *others] if f"| {name} |" not in text]
     assert not missing, missing
 
