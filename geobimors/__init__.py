@@ -127,7 +127,8 @@ def _scene_list(scene: str | Path | Sequence[str | Path], options: dict[str, Any
         if not several and Path(text).suffix.lower() not in (".json", ".geojson"):
             return None
         scene = [text]
-    return resolve_scenes([str(s) for s in scene], asset=asset, allow_network=bool(options.get("allow_network")))
+    network = bool(options.get("allow_network"))
+    return resolve_scenes([str(s) for s in scene], asset=asset, allow_network=network, missing_ok=len(scene) > 1)
 
 
 def map_to_gpkg(

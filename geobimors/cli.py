@@ -475,7 +475,7 @@ def _scene_sources(scenes: tuple[str, ...], asset: str | None, allow_network: bo
             return None
     if asset is not None and not any(Path(s).suffix.lower() in (".json", ".geojson") for s in scenes):
         raise InputError("--asset picks an asset of STAC items; give a STAC file (.json) as SCENE, or drop --asset")
-    return resolve_scenes(scenes, asset=asset, allow_network=allow_network)
+    return resolve_scenes(scenes, asset=asset, allow_network=allow_network, missing_ok=len(scenes) > 1)
 
 
 def _map_scenes(

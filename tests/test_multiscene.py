@@ -187,12 +187,14 @@ def test_a_bad_scene_does_not_stop_the_others(
     corrupt.write_bytes(b"II*\x00 not a tiff after all")
     two_bands = make_geotiff(tmp_path / "two.tif", random_rgb(64, 64)[:2])
     out = tmp_path / "out.gpkg"
-    result = mapped(capsys, tiny_model, labels_file, out, a, corrupt, two_bands, b, extra=["--keep-overlaps"])
+    missing = tmp_path / "missing.tif"
+    args = [a, corrupt, two_bands, missing, b]
+    result = mapped(capsys, tiny_model, labels_file, out, *args, extra=["--keep-overlaps"])
     assert result.exit_code == 1, result.err
-    assert "2 of 4 scenes failed" in result.err and "Traceback" not in result.err
+    assert "3 of 5 scenes failed" in result.err and "Traceback" not in result.err
     failed = pyogrio.read_dataframe(out, layer="failed_scenes")
-    assert list(failed.scene) == ["corrupt", "two"]
-    assert "not a raster" in failed.reason[0] and "2 bands" in failed.reason[1]
+    assert list(failed.scene) == ["corrupt", "two", "missing"]
+    assert "not a raster" in failed.reason[0] and "2 bands" in failed.reason[1] and "not found" in failed.reason[2]
     assert set(chips(out).scene) == {"a", "b"} and len(chips(out)) == 32
     stopped = tmp_path / "stopped.gpkg"
     assert_one_line_error(
