@@ -420,3 +420,24 @@ def test_python_api_takes_a_list(tiny_model: str, pair: tuple[Path, Path], tmp_p
     dataset = geobimors.embed(list(pair), tmp_path / "api.parquet", model=tiny_model, chip_size=16, progress="none")
     assert len(dataset.scenes) == 2 and (tmp_path / "api.parquet" / "b.parquet").is_file()
     assert np.isfinite(open_store(tmp_path / "api.parquet" / "a.parquet").meta.embedding_dim)
+
+
+def test_a_scene_that_fails_while_running_is_reported(
+    tiny_model: str, labels_file: Path, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from geobimors.labels import read_labels
+    from geobimors.raster.sources import resolve_scenes
+    from geobimors.run.multi import map_scenes_to_file, plan_scenes
+    from geobimors.run.plan import MapSettings
+
+    c = make_geotiff(tmp_path / "c.tif", random_rgb(64, 64, seed=4), transform=origin(502_000))
+    sources = resolve_scenes([str(pair[0]), str(c), str(pair[1])])
+    settings = MapSettings(scene="", labels=tuple(read_labels(labels_file)), model=tiny_model, chip_size="16",
+                           batch_size=4, device="cpu")  # fmt: skip
+    multi = plan_scenes(sources, settings)
+    c.unlink()  # gone after planning: its tasks fail
+    summary = map_scenes_to_file(multi, tmp_path / "out.gpkg", progress_mode="none", keep_overlaps=True)
+    assert [run.source.name for run in summary.failed_scenes] == ["c"]
+    assert set(chips(tmp_path / "out.gpkg").scene) == {"a", "b"}
+    failed = pyogrio.read_dataframe(tmp_path / "out.gpkg", layer="failed_scenes")
+    assert list(failed.scene) == ["c"] and failed.reason[0]

@@ -100,8 +100,8 @@ class MultiPlan:
 
     @property
     def planned(self) -> list[SceneRun]:
-        """The scenes that can run."""
-        return [run for run in self.runs if run.ok]
+        """The scenes that were planned (a scene failing later while running stays in this list)."""
+        return [run for run in self.runs if run.plan is not None]
 
     @property
     def first(self) -> ScenePlan:
@@ -315,9 +315,6 @@ def map_scenes_to_file(
         if on_start is not None:
             on_start(executor)
         progress = _run_all(multi, stores, executor, progress_mode, fail_fast, summary.total)
-        if not any(run.ok for run in multi.runs):
-            first = summary.failed_scenes[0]
-            raise RunError(f"every scene failed; the first, {first.source.name}: {first.reason}")
         write_output(multi, stores, out, overwrite, regions, keep_overlaps, summary)
         if not summary.failed_scenes:
             shutil.rmtree(store_path(out), ignore_errors=True)
@@ -449,8 +446,10 @@ def write_output(
     summary: MultiSummary,
 ) -> None:
     """Write the chips of every scene that ran to one GeoPackage (temporary file, then renamed)."""
-    runs = [(i, run) for i, run in enumerate(multi.planned) if run.ok]
-    _count_scenes(runs, stores, summary.total)
+    runs = _count_scenes([(i, run) for i, run in enumerate(multi.planned) if run.ok], stores, summary.total)
+    if not runs:
+        first = summary.failed_scenes[0]
+        raise RunError(f"every scene failed; the first, {first.source.name}: {first.reason}")
     losers = {} if keep_overlaps else _losers(runs, stores, multi.crs)
     for i, run in runs:
         run.dropped = len(losers.get(i, ()))
@@ -468,19 +467,33 @@ def write_output(
         writer.finish(multi.first.classifier.class_names, regions=regions)
 
 
-def _count_scenes(runs: Sequence[tuple[int, SceneRun]], stores: dict[int, RunStore], total: RunSummary) -> None:
-    """Chips classified, skipped and unreadable per scene (``run.summary``) and in all (``total``)."""
+def _count_scenes(
+    runs: Sequence[tuple[int, SceneRun]], stores: dict[int, RunStore], total: RunSummary
+) -> list[tuple[int, SceneRun]]:
+    """Count chips classified, skipped and unreadable per scene (``run.summary``) and in all (``total``).
+
+    A scene none of whose chips could be read (its file vanished, a dead URL) fails: its store is
+    removed so that a re-run reads it again. Returns the scenes that go into the output.
+    """
     columns = ["row", "col", "classified", "failed", "error", "label"]
+    kept = []
     for i, run in runs:
         assert run.plan is not None
         run.summary = RunSummary(run.plan)
         for table in stores[i].tables(columns=columns):
             _count(run.summary, table)
+        if run.summary.n_failed == run.plan.n_chips:
+            run.reason = f"no chip could be read (first: {run.summary.first_failure})"
+            run.summary = None
+            stores[i].remove()
+            continue
+        kept.append((i, run))
         total.n_classified += run.summary.n_classified
         total.n_skipped += run.summary.n_skipped
         total.n_failed += run.summary.n_failed
         if total.first_failure is None and run.summary.first_failure is not None:
             total.first_failure = f"scene {run.source.name} {run.summary.first_failure}"
+    return kept
 
 
 def parts_frame(store: RunStore) -> pd.DataFrame:
