@@ -293,7 +293,8 @@ def cli() -> None:
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output GeoPackage.  [default: SCENE_NAME.geobimors.gpkg in the current directory]",
+    help="Output GeoPackage (required with several scenes).  [default: SCENE_NAME.geobimors.gpkg in the current "
+    "directory]",
 )
 @click.option("-m", "--model", default=None, help=MODEL_HELP + "  [default: the --head's model, else mini]")
 @click.option(
@@ -395,6 +396,11 @@ def map_command(
     own windows. With --device cuda, tasks ask for a GPU worker resource
     (`dask worker ... --resources GPU=1`, or dask-cuda's LocalCUDACluster).
     Exit code 1 when some windows could not be read (they are in the 'failed' layer).
+
+    \b
+    Many scenes, one map:
+      geobimors map tiles/ "more/*.tif" @list.txt -l labels.txt -o region.gpkg
+      geobimors map items.json --asset visual -l labels.txt -o region.gpkg --crs EPSG:3035
 
     \b
     Embeddings (no second image pass, no pixels read when re-labelling):
