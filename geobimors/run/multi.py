@@ -26,6 +26,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import shapely
 from rasterio.crs import CRS
 
 from geobimors.errors import GeobimorsError, InputError, RunError
@@ -48,7 +49,14 @@ from geobimors.run.pipeline import (
 from geobimors.run.plan import MapSettings, ScenePlan, check_output_safety, plan_map, work_estimate
 from geobimors.run.store import MANIFEST, RunLock, RunStore, captions_table, result_table, store_path
 from geobimors.run.tasks import BatchResult, classify_batch
-from geobimors.vector.gpkg import FAILED_LAYER, GeoPackageWriter, check_output, failed_to_frame, records_to_frame
+from geobimors.vector.gpkg import (
+    FAILED_LAYER,
+    GeoPackageWriter,
+    check_output,
+    chip_polygons,
+    failed_to_frame,
+    records_to_frame,
+)
 from geobimors.vector.overlap import overlap_losers, to_output_crs
 
 #: Non-spatial table of the scenes that could not be mapped (scene, path, reason).
@@ -531,7 +539,7 @@ def _losers(runs: Sequence[tuple[int, SceneRun]], stores: dict[int, RunStore], c
     """Per scene, the grid ids (row * n_cols + col) of chips another scene maps instead."""
     columns = ["row", "col", "col_off", "row_off", "width", "height", "valid_fraction", "classified"]
     frames = []
-    for i, run in runs:
+    for i, run in _overlapping(runs, crs):
         assert run.plan is not None
         for table in stores[i].tables(columns=columns):
             frame = records_to_frame(table, run.plan.scene.transform, run.plan.scene.crs, [], {})
@@ -547,6 +555,19 @@ def _losers(runs: Sequence[tuple[int, SceneRun]], stores: dict[int, RunStore], c
     for scene, chip in zip(everything["scene_index"].to_numpy()[lost], everything["chip"].to_numpy()[lost]):
         out.setdefault(int(scene), set()).add(int(chip))
     return out
+
+
+def _overlapping(runs: Sequence[tuple[int, SceneRun]], crs: CRS | None) -> list[tuple[int, SceneRun]]:
+    """The scenes whose footprint meets another scene's (only their chips can compete)."""
+    footprints = []
+    for _, run in runs:
+        assert run.plan is not None
+        scene = run.plan.scene
+        polygon = chip_polygons(scene.transform, np.array([[0, 0, scene.width, scene.height]]))
+        footprints.append(to_output_crs(gpd.GeoDataFrame(geometry=polygon, crs=scene.crs), crs).geometry.iloc[0])
+    inside, other = shapely.STRtree(footprints).query(footprints, predicate="intersects")
+    meeting = set(inside[inside != other].tolist())
+    return [pair for k, pair in enumerate(runs) if k in meeting]
 
 
 def _scene_frames(
