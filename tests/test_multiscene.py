@@ -169,11 +169,13 @@ def test_stac_items_give_scene_names_and_datetimes(
     catalog = tmp_path / "items.json"
     catalog.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
     out = tmp_path / "stac.gpkg"
-    result = mapped(capsys, tiny_model, labels_file, out, catalog, extra=["--keep-overlaps"])
+    undated = make_geotiff(tmp_path / "c.tif", random_rgb(64, 64, seed=3), transform=origin(503_000))
+    result = mapped(capsys, tiny_model, labels_file, out, undated, catalog, extra=["--keep-overlaps"])
     assert result.exit_code == 0, result.err
     layer = chips(out)
-    assert set(layer.scene) == {"S-a", "S-b"}
+    assert set(layer.scene) == {"c", "S-a", "S-b"}
     assert str(layer[layer.scene == "S-b"].datetime.iloc[0]).startswith("2024-06-01 10:00:00")
+    assert layer[layer.scene == "c"].datetime.isna().all()
 
 
 # --- failures and bad input -----------------------------------------------------------------------

@@ -465,7 +465,7 @@ def write_output(
     with GeoPackageWriter(out, overwrite, _metadata(multi, keep_overlaps)) as writer:
         for i, run in runs:
             for table in _chunks(stores[i].tables()):
-                chips, failed = _scene_frames(run, table, multi.crs, losers.get(i))
+                chips, failed = _scene_frames(run, table, multi, losers.get(i))
                 summary.total.label_counts.update(chips["label"].dropna())
                 writer.append(chips)
                 writer.append(failed, FAILED_LAYER)
@@ -571,7 +571,7 @@ def _overlapping(runs: Sequence[tuple[int, SceneRun]], crs: CRS | None) -> list[
 
 
 def _scene_frames(
-    run: SceneRun, table: pa.Table, crs: CRS | None, losers: set[int] | None
+    run: SceneRun, table: pa.Table, multi: MultiPlan, losers: set[int] | None
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """The chips (without those another scene maps) and unreadable chips of one part, in the output CRS."""
     plan = run.plan
@@ -582,15 +582,19 @@ def _scene_frames(
         ids = chips["row"].to_numpy(np.int64) * plan.grid.n_cols + chips["col"].to_numpy(np.int64)
         chips = chips[~np.isin(ids, np.fromiter(losers, np.int64))].reset_index(drop=True)
     failed = failed_to_frame(table, transform, scene_crs)
-    return _with_scene(to_output_crs(chips, crs), run), _with_scene(to_output_crs(failed, crs), run)
+    dated = any(r.source.datetime is not None for r in multi.runs)  # one schema for every scene
+    return (
+        _with_scene(to_output_crs(chips, multi.crs), run, dated),
+        _with_scene(to_output_crs(failed, multi.crs), run, dated),
+    )
 
 
-def _with_scene(frame: gpd.GeoDataFrame, run: SceneRun) -> gpd.GeoDataFrame:
-    """Add the ``scene``, ``datetime`` (when known) and ``source_crs`` columns."""
+def _with_scene(frame: gpd.GeoDataFrame, run: SceneRun, dated: bool) -> gpd.GeoDataFrame:
+    """Add the ``scene``, ``datetime`` (when any scene has one; empty for those without) and ``source_crs``."""
     assert run.plan is not None
     n = len(frame)
     frame["scene"] = pd.Series([run.source.name] * n, dtype=object)
-    if run.source.datetime is not None:
+    if dated:
         frame["datetime"] = pd.to_datetime(pd.Series([run.source.datetime] * n, dtype=object), utc=True)
     scene_crs = run.plan.scene.crs
     frame["source_crs"] = pd.Series([scene_crs.to_string() if scene_crs else None] * n, dtype=object)
