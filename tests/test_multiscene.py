@@ -443,3 +443,35 @@ def test_a_scene_that_fails_while_running_is_reported(
     assert set(chips(tmp_path / "out.gpkg").scene) == {"a", "b"}
     failed = pyogrio.read_dataframe(tmp_path / "out.gpkg", layer="failed_scenes")
     assert list(failed.scene) == ["c"] and failed.reason[0]
+
+
+@pytest.mark.slow
+def test_killed_embed_dataset_resumes_per_scene_to_identical_files(tiny_model: str, tmp_path: Path) -> None:
+    scenes = [
+        make_geotiff(tmp_path / f"s{i}.tif", random_rgb(256, 256, seed=i), transform=origin(500_000 + 3000 * i))
+        for i in range(3)
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "geobimors.cli", "embed", *map(str, scenes), "-m", tiny_model,
+                "--chip-size", "8", "--batch-size", "64", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
+
+    clean = tmp_path / "clean"
+    assert subprocess.run(command(clean), env=env, capture_output=True, text=True).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(command(out), env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("s1.parquet.partial/embeddings-*.parquet")) and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert (out / "s0.parquet").is_file() and not (out / "s2.parquet").exists()
+    done = subprocess.run(command(out)[:-1], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "s0: kept" in done.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["s0.parquet", "s1.parquet", "s2.parquet"]
+    for name in ("s0.parquet", "s1.parquet", "s2.parquet"):
+        assert (out / name).read_bytes() == (clean / name).read_bytes()
