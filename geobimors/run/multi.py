@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,11 +44,11 @@ from geobimors.run.pipeline import (
     _extra_columns,
     _output_columns,
     _task_error,
-    _tasks,
+    stream_plans,
 )
 from geobimors.run.plan import MapSettings, ScenePlan, check_output_safety, plan_map, work_estimate
 from geobimors.run.store import MANIFEST, RunLock, RunStore, captions_table, result_table, store_path
-from geobimors.run.tasks import BatchResult, classify_batch
+from geobimors.run.tasks import BatchResult
 from geobimors.vector.gpkg import (
     FAILED_LAYER,
     GeoPackageWriter,
@@ -376,11 +376,12 @@ def _run_all(
     fields = {"scenes_done": len(finished), "scenes_total": len(multi.runs)}
     progress = Progress(multi.n_chips, progress_mode, initial=total.resumed_chips, fields=fields)
     progress.set_fields(**fields)
-    owners: list[int] = []
-    tasks = _all_tasks(runs, done, captions, owners)
+    plans = [run.plan for run in runs if run.plan is not None]
+    skips = [done[i] for i in range(len(runs))]
+    stream = stream_plans(plans, skips, executor, [captions[i] for i in range(len(runs))],
+                          stopped=lambda i: runs[i].reason is not None)  # fmt: skip
     try:
-        for outcome in executor.map(classify_batch, tasks):
-            i = owners[outcome.index]
+        for i, outcome in stream:
             run = runs[i]
             assert run.plan is not None
             if outcome.error is not None:
@@ -395,26 +396,13 @@ def _run_all(
                 progress.set_fields(scenes_done=len(finished), scenes_total=len(multi.runs))
                 progress.event("scene", scene=run.source.name)
     finally:
+        stream.close()  # cancels the tasks not yet started (an error, --fail-fast, Ctrl-C)
         progress.close()
     return progress
 
 
 def _chips_in(plan: ScenePlan, batches: set[int]) -> int:
     return sum(plan.batch(i).stop - plan.batch(i).start for i in batches)
-
-
-def _all_tasks(
-    runs: Sequence[SceneRun], done: dict[int, set[int]], captions: dict[int, dict[int, str] | None], owners: list[int]
-) -> Iterator[tuple[object, ...]]:
-    """Tasks of every scene in order; ``owners[k]`` is the scene of the k-th task handed out."""
-    for i, run in enumerate(runs):
-        if run.plan is None:
-            continue
-        for args in _tasks(run.plan, done[i], captions[i]):
-            if run.reason is not None:
-                break  # the scene failed: its remaining batches are not submitted
-            owners.append(i)
-            yield args
 
 
 def _captions(
