@@ -28,6 +28,7 @@ import geopandas as gpd
 import rasterio
 from affine import Affine
 from bench_map import peak_rss
+
 from common import ROOT, machine
 
 SCENE = ROOT.parent / "shared" / "data" / "scenes" / "cogeo.tif"
