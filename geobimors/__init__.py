@@ -32,10 +32,12 @@ if TYPE_CHECKING:
 
     from geobimors.accuracy import Assessment
     from geobimors.embeddings.embed import EmbedSummary
+    from geobimors.embeddings.multi import DatasetSummary
     from geobimors.embeddings.store import EmbeddingStore
     from geobimors.heads.base import Head
     from geobimors.labels import Label
     from geobimors.models.clip import ClipModel
+    from geobimors.run.multi import MultiSummary
     from geobimors.run.pipeline import RunSummary
     from geobimors.train.loop import TrainResult
 
@@ -112,28 +114,64 @@ def map_scene(
     return map_plan(plan_map(_settings(str(scene), labels, **options)), progress_mode=_progress_mode(progress))
 
 
+def _scene_list(scene: str | Path | Sequence[str | Path], options: dict[str, Any]) -> list[Any] | None:
+    """Several scenes (a list, a folder, a glob, ``@list.txt``, a STAC file) resolved; ``None`` for one file."""
+    from pathlib import Path
+
+    from geobimors.raster.sources import resolve_scenes
+
+    asset = options.pop("asset", None)
+    if isinstance(scene, (str, Path)):
+        text = str(scene)
+        several = text.startswith("@") or Path(text).is_dir() or any(c in text for c in "*?[")
+        if not several and Path(text).suffix.lower() not in (".json", ".geojson"):
+            return None
+        scene = [text]
+    network = bool(options.get("allow_network"))
+    return resolve_scenes([str(s) for s in scene], asset=asset, allow_network=network, missing_ok=len(scene) > 1)
+
+
 def map_to_gpkg(
-    scene: str | Path,
+    scene: str | Path | Sequence[str | Path],
     labels: Sequence[str | Label] | str | Path,
     output: str | Path,
     overwrite: bool = False,
     regions: bool = False,
     progress: bool | str = False,
     **options: Any,
-) -> RunSummary:
-    """Classify every chip of a scene and write a styled GeoPackage (what ``geobimors map`` does).
+) -> RunSummary | MultiSummary:
+    """Classify every chip of a scene (or several) and write a styled GeoPackage (what ``geobimors map`` does).
 
     Read it back with ``geopandas.read_file(output, layer="chips")`` (the file also holds
     ``layer_styles``, and ``regions`` with ``regions=True``). Arguments as in :func:`map_scene`.
 
+    ``scene`` may also be a list of scenes, a folder, a glob, ``@list.txt`` or a STAC file: the
+    scenes make one layer with ``scene``, ``datetime`` and ``source_crs`` columns (see the README,
+    "Many scenes"); options ``crs``, ``keep_overlaps``, ``fail_fast``, ``restart`` and ``asset``
+    apply to them.
+
     Returns:
-        The run summary (counts, label histogram, timing).
+        The run summary (counts, label histogram, timing; per scene for several scenes).
     """
     from geobimors.run.pipeline import map_to_file
     from geobimors.run.plan import plan_map
 
-    plan = plan_map(_settings(str(scene), labels, **options))
-    return map_to_file(plan, output, overwrite=overwrite, regions=regions, progress_mode=_progress_mode(progress))
+    many = {key: options.pop(key) for key in ("crs", "keep_overlaps", "fail_fast", "restart") if key in options}
+    sources = _scene_list(scene, options)
+    if sources is not None and (len(sources) > 1 or many.get("crs")):
+        from geobimors.run.multi import map_scenes_to_file, plan_scenes
+
+        settings = _settings(sources[0].path, labels, **options)
+        multi = plan_scenes(sources, settings, many.pop("crs", None), bool(many.get("fail_fast")))
+        return map_scenes_to_file(
+            multi, output, overwrite=overwrite, regions=regions, progress_mode=_progress_mode(progress), **many
+        )
+    path = sources[0].path if sources is not None else str(scene)
+    plan = plan_map(_settings(path, labels, **options))
+    return map_to_file(
+        plan, output, overwrite=overwrite, regions=regions, progress_mode=_progress_mode(progress),
+        restart=bool(many.get("restart")),
+    )  # fmt: skip
 
 
 def classify(data: xr.DataArray, labels: Sequence[str | Label] = (), **options: Any) -> xr.Dataset:
@@ -220,7 +258,7 @@ def search(store: str | Path, queries: str | Sequence[str] = (), **options: Any)
 
 
 def embed(
-    scene: str | Path,
+    scene: str | Path | Sequence[str | Path],
     output: str | Path,
     model: str = "mini",
     dtype: str = "float16",
@@ -230,12 +268,14 @@ def embed(
     restart: bool = False,
     progress: str = "bar",
     **options: Any,
-) -> EmbedSummary:
+) -> EmbedSummary | DatasetSummary:
     """Embed every valid chip of a scene into a GeoParquet store (what ``geobimors embed`` does).
 
     Args:
-        scene: path or URL of any GDAL raster.
-        output: the ``.parquet`` store to write (atomically; an interrupted run resumes).
+        scene: path or URL of any GDAL raster; or several (a list, folder, glob, ``@list.txt``,
+            STAC file), embedded into a dataset directory with one store per scene.
+        output: the ``.parquet`` store to write (atomically; an interrupted run resumes); for
+            several scenes the directory (``region.parquet/``).
         model: CLIP model name.
         dtype: ``float16`` (default) or ``float32`` embeddings.
         captions: also store each chip's caption by this BLIP-2/BLIP captioner (``None``: no captions).
@@ -252,8 +292,17 @@ def embed(
     from geobimors.embeddings.embed import embed_to_file, plan_embed
     from geobimors.models.captions import CaptionerSpec
 
-    settings = _settings(str(scene), [], model=model, **options)
+    fail_fast = bool(options.pop("fail_fast", False))
+    sources = _scene_list(scene, options)
     spec = CaptionerSpec(captions) if captions is not None else None
+    if sources is not None and len(sources) > 1:
+        from geobimors.embeddings.multi import check_dataset_output, embed_dataset, plan_dataset
+
+        directory = check_dataset_output(output, sources)
+        settings = _settings(sources[0].path, [], model=model, **options)
+        scenes = plan_dataset(sources, directory, settings, dtype, spec, caption_encoder, fail_fast)
+        return embed_dataset(scenes, directory, overwrite, restart, fail_fast, progress)
+    settings = _settings(sources[0].path if sources is not None else str(scene), [], model=model, **options)
     plan = plan_embed(settings, dtype, spec, caption_encoder)
     return embed_to_file(plan, output, overwrite=overwrite, restart=restart, progress_mode=progress)
 

@@ -159,6 +159,15 @@ dask_options = _options(
     ),
 )
 
+scenes_options = _options(
+    click.option(
+        "--asset",
+        default=None,
+        help="STAC asset to map in each item.  [default: the asset with red, green and blue bands, else 'visual']",
+    ),
+    click.option("--fail-fast", is_flag=True, help="Several scenes: stop at the first that fails (default: go on)."),
+)
+
 run_options = _options(
     click.option("--overwrite", is_flag=True, help="Replace the output if it exists."),
     click.option("--restart", is_flag=True, help="Discard an unfinished earlier run instead of resuming it."),
@@ -269,7 +278,7 @@ def cli() -> None:
 
 
 @cli.command("map")
-@click.argument("scene", required=False)
+@click.argument("scenes", nargs=-1, metavar="[SCENE]...")
 @click.option(
     "-l",
     "--labels",
@@ -284,7 +293,8 @@ def cli() -> None:
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="Output GeoPackage.  [default: SCENE_NAME.geobimors.gpkg in the current directory]",
+    help="Output GeoPackage (required with several scenes).  [default: SCENE_NAME.geobimors.gpkg in the current "
+    "directory]",
 )
 @click.option("-m", "--model", default=None, help=MODEL_HELP + "  [default: the --head's model, else mini]")
 @click.option(
@@ -331,10 +341,23 @@ def cli() -> None:
     help="Label the chips of an embeddings store (geobimors embed) instead of a scene: no pixels are read. "
     "Give no SCENE and no chip options.",
 )
+@scenes_options
+@click.option(
+    "--crs",
+    default=None,
+    help="Several scenes: CRS of the output (EPSG:3035, WKT, PROJ).  [default: the scenes' common CRS, else "
+    "EPSG:4326]",
+)
+@click.option(
+    "--keep-overlaps",
+    is_flag=True,
+    help="Several scenes: keep every chip where scenes overlap (default: each place once, the chip with the "
+    "most valid pixels wins).",
+)
 @run_options
 @common_options
 def map_command(
-    scene: str | None,
+    scenes: tuple[str, ...],
     labels_path: Path | None,
     output: Path | None,
     model: str | None,
@@ -350,6 +373,10 @@ def map_command(
     embeddings_path: Path | None,
     embeddings_dtype: str,
     from_embeddings: Path | None,
+    asset: str | None,
+    fail_fast: bool,
+    crs: str | None,
+    keep_overlaps: bool,
     overwrite: bool,
     restart: bool,
     progress_mode: str,
@@ -360,11 +387,20 @@ def map_command(
     """Classify every chip of SCENE and write labeled polygons to a GeoPackage.
 
     SCENE is any raster GDAL reads: GeoTIFF, COG, VRT, or a URL (https://, /vsicurl/).
+    Several scenes (paths, folders, quoted globs, @list.txt, local STAC files) make
+    one map: one chips layer with scene, datetime and source_crs columns, each place
+    mapped once where scenes overlap (--keep-overlaps keeps all); a scene that fails
+    is listed in the 'failed_scenes' table while the others are mapped (exit code 1).
     An interrupted run resumes when the same command runs again. With --scheduler
     or --workers the chips are processed on a Dask cluster; every worker reads its
     own windows. With --device cuda, tasks ask for a GPU worker resource
     (`dask worker ... --resources GPU=1`, or dask-cuda's LocalCUDACluster).
     Exit code 1 when some windows could not be read (they are in the 'failed' layer).
+
+    \b
+    Many scenes, one map:
+      geobimors map tiles/ "more/*.tif" @list.txt -l labels.txt -o region.gpkg
+      geobimors map items.json --asset visual -l labels.txt -o region.gpkg --crs EPSG:3035
 
     \b
     Embeddings (no second image pass, no pixels read when re-labelling):
@@ -375,14 +411,21 @@ def map_command(
     from geobimors.vector.gpkg import check_output
 
     if from_embeddings is not None:
-        _refuse_pixel_options(click.get_current_context(), scene, embeddings_path)
+        _refuse_pixel_options(click.get_current_context(), " ".join(scenes) or None, embeddings_path)
         _map_from_embeddings(
             from_embeddings, labels_path, output, model, head_path, top_k, device, precision, regions, overwrite,
             progress_mode, quiet,
         )  # fmt: skip
         return
-    if scene is None:
+    if not scenes:
         raise InputError("missing SCENE (a raster to map), or --from-embeddings STORE to label stored embeddings")
+    sources = _scene_sources(scenes, asset, chip["allow_network"])
+    if sources is not None and (len(sources) > 1 or crs is not None):
+        _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, top_k, device,
+                    precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps, overwrite,
+                    restart, progress_mode, quiet, chip)  # fmt: skip
+        return
+    scene = sources[0].path if sources is not None else scenes[0]
     out = output if output is not None else Path(_default_output(scene))
     check_output(out, overwrite)  # fail on the output before any slow work
     embeddings = None
@@ -392,13 +435,7 @@ def map_command(
 
         embeddings = EmbeddingsRequest(check_store_output(embeddings_path, overwrite), embeddings_dtype)
     labels = _map_labels(labels_path, head_path)
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
-    if workers is not None and workers > max(64, 4 * (os.cpu_count() or 1)):
-        raise InputError(
-            f"--workers {workers} is far more than this machine's {os.cpu_count()} CPUs; use at most the number "
-            "of CPUs (or --scheduler for a cluster)"
-        )
+    _check_workers(workers)
     settings = MapSettings(
         scene=scene,
         labels=tuple(labels),
@@ -417,9 +454,125 @@ def map_command(
     if not quiet and progress_mode != "jsonl":
         click.echo(f"Work: {work_estimate(plan)}", err=True)
     progress = "none" if quiet else progress_mode
-    run = {"overwrite": overwrite, "regions": regions, "restart": restart, "embeddings": embeddings}
+    run: dict[str, Any] = {"overwrite": overwrite, "regions": regions, "restart": restart, "embeddings": embeddings}
     summary = _run_map(plan, out, scheduler, workers, progress, quiet, **run)
     _report_map(summary, show_summary=not quiet and progress_mode != "jsonl")
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}")
+    if workers is not None and workers > max(64, 4 * (os.cpu_count() or 1)):
+        raise InputError(
+            f"--workers {workers} is far more than this machine's {os.cpu_count()} CPUs; use at most the number "
+            "of CPUs (or --scheduler for a cluster)"
+        )
+
+
+def _scene_sources(scenes: tuple[str, ...], asset: str | None, allow_network: bool) -> list[Any] | None:
+    """The scenes named by the arguments; ``None`` for one plain file or URL (the single-scene run as ever)."""
+    from geobimors.raster.sources import resolve_scenes
+
+    if len(scenes) == 1 and asset is None:
+        text = scenes[0]
+        path = Path(text).expanduser()
+        listed = text.startswith("@") or path.is_dir() or (not path.exists() and any(c in text for c in "*?["))
+        if not listed and path.suffix.lower() not in (".json", ".geojson"):
+            return None
+    if asset is not None and not any(Path(s).suffix.lower() in (".json", ".geojson") for s in scenes):
+        raise InputError("--asset picks an asset of STAC items; give a STAC file (.json) as SCENE, or drop --asset")
+    return resolve_scenes(scenes, asset=asset, allow_network=allow_network, missing_ok=len(scenes) > 1)
+
+
+def _map_scenes(
+    sources: list[Any],
+    output: Path | None,
+    labels_path: Path | None,
+    model: str | None,
+    head_path: Path | None,
+    batch_size: int,
+    caption_batch_size: int,
+    top_k: int,
+    device: str,
+    precision: str,
+    scheduler: str | None,
+    workers: int | None,
+    regions: bool,
+    embeddings_path: Path | None,
+    fail_fast: bool,
+    crs: str | None,
+    keep_overlaps: bool,
+    overwrite: bool,
+    restart: bool,
+    progress_mode: str,
+    quiet: bool,
+    chip: dict[str, Any],
+) -> None:
+    """``geobimors map`` of several scenes into one GeoPackage."""
+    from geobimors.raster.sources import check_output_not_input
+    from geobimors.run.multi import describe_work, map_scenes_to_file, parse_crs, plan_scenes
+    from geobimors.run.plan import MapSettings
+    from geobimors.vector.gpkg import check_output
+
+    if output is None:
+        raise InputError(f"{len(sources)} scenes make one map: name it with -o OUTPUT.gpkg")
+    check_output(output, overwrite)
+    check_output_not_input(output, sources)
+    parse_crs(crs)
+    if embeddings_path is not None:
+        raise InputError(
+            "--embeddings takes one scene; for several, run `geobimors embed SCENES -o DIR/` (one store per scene)"
+        )
+    labels = _map_labels(labels_path, head_path)
+    _check_workers(workers)
+    settings = MapSettings(
+        scene=sources[0].path,
+        labels=tuple(labels),
+        model=model,
+        batch_size=batch_size,
+        caption_batch_size=caption_batch_size,
+        top_k=top_k,
+        device=device,
+        precision=precision,
+        head=str(head_path) if head_path is not None else None,
+        **_chip_settings(chip),
+        **_safety_settings(chip),
+    )
+    multi = plan_scenes(sources, settings, crs, fail_fast)
+    talk = not quiet and progress_mode != "jsonl"
+    if talk:
+        click.echo(f"Work: {describe_work(multi)}", err=True)
+    if multi.crs_note and not quiet:
+        click.echo(f"Note: {multi.crs_note}", err=True)
+    run = {"overwrite": overwrite, "regions": regions, "restart": restart, "keep_overlaps": keep_overlaps}
+    summary = _run_map(multi, output, scheduler, workers, "none" if quiet else progress_mode, quiet,
+                       fail_fast=fail_fast, runner=map_scenes_to_file, **run)  # fmt: skip
+    _report_scenes(summary, show_summary=talk)
+
+
+def _report_scenes(summary: Any, show_summary: bool) -> None:
+    """Print a multi-scene summary; exit 1 when a scene failed or some windows could not be read."""
+    if show_summary:
+        for line in summary.lines():
+            click.echo(line)
+    failed = summary.failed_scenes
+    if failed:
+        first = failed[0]
+        click.echo(
+            f"Warning: {len(failed)} of {len(summary.runs)} scenes failed "
+            f"(first: {first.source.name}: {first.reason}); "
+            "the output has the others and lists the failed ones in its 'failed_scenes' table; fix or drop them and "
+            "re-run the same command with --overwrite: finished scenes are kept and not mapped again",
+            err=True,
+        )
+    if summary.n_failed:
+        click.echo(
+            f"Warning: {summary.n_failed} chips could not be read (first in {summary.total.first_failure}); the "
+            "output has every other chip and lists them in its 'failed' layer",
+            err=True,
+        )
+    if failed or summary.n_failed:
+        sys.exit(1)
 
 
 def _map_labels(labels_path: Path | None, head_path: Path | None) -> list[Any]:
@@ -438,9 +591,10 @@ def _run_map(
     workers: int | None,
     progress_mode: str,
     quiet: bool,
+    runner: Callable[..., Any] | None = None,
     **options: Any,
 ) -> Any:
-    """Run a plan on the executor the options ask for (in-process by default) into ``out``."""
+    """Run a plan (or several scenes' plans) on the executor the options ask for into ``out``."""
     from geobimors.run.execute import DistributedExecutor, make_executor
     from geobimors.run.pipeline import map_to_file
 
@@ -450,9 +604,11 @@ def _run_map(
         link = executor.dashboard_link
         click.echo(f"Dask: {executor.description}" + (f", dashboard {link}" if link else ""), err=True)
 
-    executor = make_executor(scheduler, workers, gpu=plan.settings.device == "cuda")
+    device = plan.first.settings.device if hasattr(plan, "first") else plan.settings.device
+    executor = make_executor(scheduler, workers, gpu=device == "cuda")
     try:
-        return map_to_file(plan, out, progress_mode=progress_mode, executor=executor, on_start=announce, **options)
+        run = runner or map_to_file
+        return run(plan, out, progress_mode=progress_mode, executor=executor, on_start=announce, **options)
     finally:
         executor.close()
 
@@ -1045,7 +1201,8 @@ def index_command(
 # Options that choose pixels: they were fixed when the store was made, so --from-embeddings refuses them.
 _PIXEL_OPTIONS = (
     "chip_size", "overlap", "gsd", "bands", "scale_range", "percentiles", "nodata", "min_valid", "allow_no_crs",
-    "batch_size", "caption_batch_size", "scheduler", "workers", "restart", "embeddings_dtype",
+    "batch_size", "caption_batch_size", "scheduler", "workers", "restart", "embeddings_dtype", "asset", "fail_fast",
+    "crs", "keep_overlaps",
 )  # fmt: skip
 
 
@@ -1108,13 +1265,14 @@ def _map_from_embeddings(
 
 
 @cli.command("embed")
-@click.argument("scene")
+@click.argument("scenes", nargs=-1, required=True, metavar="SCENE...")
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="Embeddings store (GeoParquet).  [default: SCENE_NAME.embeddings.parquet in the current directory]",
+    help="Embeddings store (GeoParquet); several scenes: a directory, one store per scene (DIR/NAME.parquet).  "
+    "[default: SCENE_NAME.embeddings.parquet in the current directory]",
 )
 @click.option("-m", "--model", default="mini", show_default=True, help=MODEL_HELP)
 @chip_options
@@ -1147,10 +1305,11 @@ def _map_from_embeddings(
 )
 @click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit.")
 @click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions.")
+@scenes_options
 @run_options
 @common_options
 def embed_command(
-    scene: str,
+    scenes: tuple[str, ...],
     output: Path | None,
     model: str,
     batch_size: int,
@@ -1163,6 +1322,8 @@ def embed_command(
     caption_encoder: str,
     max_new_tokens: int,
     num_beams: int,
+    asset: str | None,
+    fail_fast: bool,
     overwrite: bool,
     restart: bool,
     progress_mode: str,
@@ -1174,11 +1335,14 @@ def embed_command(
 
     Chips are cut exactly as `geobimors map` cuts them with the same options. The
     store is GeoParquet 1.1 (geopandas, DuckDB, GDAL, lonboard open it); an
-    interrupted run resumes when the same command runs again.
+    interrupted run resumes when the same command runs again. Several scenes (paths,
+    folders, quoted globs, @list.txt, STAC files) make a dataset directory with one
+    store per scene; re-running with more scenes embeds only the new ones.
 
     \b
     Examples:
       geobimors embed scene.tif -o scene.parquet
+      geobimors embed tiles/ -o region.parquet/
       geobimors map --from-embeddings scene.parquet -l labels.txt -o labels.gpkg
     """
     from geobimors.embeddings.embed import embed_to_file, plan_embed
@@ -1186,6 +1350,13 @@ def embed_command(
     from geobimors.run.execute import make_executor
     from geobimors.run.plan import MapSettings
 
+    sources = _scene_sources(scenes, asset, chip["allow_network"])
+    if sources is not None and len(sources) > 1:
+        _embed_scenes(sources, output, model, batch_size, device, precision, scheduler, workers, dtype, captioner,
+                      caption_encoder, max_new_tokens, num_beams, fail_fast, overwrite, restart, progress_mode, quiet,
+                      chip)  # fmt: skip
+        return
+    scene = sources[0].path if sources is not None else scenes[0]
     out = (
         output if output is not None else Path(_default_output(scene).replace(".geobimors.gpkg", ".embeddings.parquet"))
     )
@@ -1224,6 +1395,73 @@ def embed_command(
             "has every other chip",
             err=True,
         )
+        sys.exit(1)
+
+
+def _embed_scenes(
+    sources: list[Any],
+    output: Path | None,
+    model: str,
+    batch_size: int,
+    device: str,
+    precision: str,
+    scheduler: str | None,
+    workers: int | None,
+    dtype: str,
+    captioner: str | None,
+    caption_encoder: str,
+    max_new_tokens: int,
+    num_beams: int,
+    fail_fast: bool,
+    overwrite: bool,
+    restart: bool,
+    progress_mode: str,
+    quiet: bool,
+    chip: dict[str, Any],
+) -> None:
+    """``geobimors embed`` of several scenes: a directory with one store per scene."""
+    from geobimors.embeddings.multi import check_dataset_output, embed_dataset, plan_dataset
+    from geobimors.run.execute import make_executor
+    from geobimors.run.plan import MapSettings
+
+    if output is None:
+        raise InputError(f"{len(sources)} scenes make a dataset directory (one store per scene): name it with -o DIR/")
+    directory = check_dataset_output(output, sources)
+    _check_workers(workers)
+    spec = None
+    if captioner is not None:
+        spec = _captioner_spec(None if captioner == "auto" else captioner, max_new_tokens, num_beams)
+    settings = MapSettings(
+        scene=sources[0].path,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+        **_chip_settings(chip),
+        **_safety_settings(chip),
+    )
+    encoder = None if caption_encoder.lower() == "none" else caption_encoder
+    scenes = plan_dataset(sources, directory, settings, dtype, spec, encoder, fail_fast)
+    executor = make_executor(scheduler, workers, gpu=device == "cuda")
+    try:
+        summary = embed_dataset(scenes, directory, overwrite, restart, fail_fast,
+                                "none" if quiet else progress_mode, executor)  # fmt: skip
+    finally:
+        executor.close()
+    if not quiet and progress_mode != "jsonl":
+        for line in summary.lines():
+            click.echo(line)
+    failed = summary.failed_scenes
+    if failed:
+        click.echo(
+            f"Warning: {len(failed)} of {len(summary.scenes)} scenes failed (first: {failed[0].source.name}: "
+            f"{failed[0].reason}); the others are stored; fix or drop them and re-run the same command: stored "
+            "scenes are kept",
+            err=True,
+        )
+    if summary.n_failed:
+        click.echo(f"Warning: {summary.n_failed} chips could not be read; the stores have every other chip", err=True)
+    if failed or summary.n_failed:
         sys.exit(1)
 
 

@@ -22,11 +22,12 @@ class Progress:
         initial: chips already done (resumed runs).
         stream: where bars and JSON lines go (stderr by default).
         unit: what is counted (the bar shows ``unit/s``).
+        fields: added to every JSON line (see :meth:`set_fields`).
     """
 
     def __init__(
         self, total: int, mode: str = "bar", desc: str = "chips", initial: int = 0, stream: TextIO | None = None,
-        unit: str = "chip",
+        unit: str = "chip", fields: dict[str, Any] | None = None,
     ) -> None:
         self.total = total
         self.done = initial
@@ -34,6 +35,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self._start = time.monotonic()
         self._bar: Any = None
+        self.fields: dict[str, Any] = dict(fields or {})
         if mode == "bar":
             from tqdm.auto import tqdm
 
@@ -50,10 +52,17 @@ class Progress:
             "done": self.done,
             "total": self.total,
             "elapsed": round(time.monotonic() - self._start, 3),
+            **self.fields,
             **fields,
         }
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
+
+    def set_fields(self, **fields: Any) -> None:
+        """Fields added to every later JSON line and shown after the bar (e.g. ``scenes_done=3``)."""
+        self.fields.update(fields)
+        if self._bar is not None and "scenes_done" in self.fields:
+            self._bar.set_postfix_str(f"scenes {self.fields['scenes_done']}/{self.fields.get('scenes_total')}", False)
 
     def update(self, n: int) -> None:
         """Count ``n`` more chips done."""

@@ -196,7 +196,8 @@ def nan_check(tmp: Path, result: CliResult) -> None:
 CASES = [
     # Rasters
     Case("missing scene", lambda t, m: base(t, m, scene=str(t / "nope.tif")), 2, ("scene not found",)),
-    Case("scene is a directory", lambda t, m: base(t, m, scene=str(t)), 2, ("is a directory",)),
+    # A folder is a list of scenes (issue 17): one without rasters is refused.
+    Case("scene is a folder without rasters", lambda t, m: base(t, m, scene=str(t)), 2, ("holds no rasters",)),
     Case("not a raster", lambda t, m: base(t, m, scene=labels(t, "hello", "notes.tif")), 2, ("not a raster",)),
     Case("truncated GeoTIFF", lambda t, m: base(t, m, scene=truncated_tiff(t)), 2, ("not a raster GDAL can read",)),
     Case("PNG without georeferencing", lambda t, m: base(t, m, scene=plain_png(t)), 2, ("no CRS", "--allow-no-crs")),

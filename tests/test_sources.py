@@ -111,6 +111,7 @@ def test_stac_item_collection_picks_the_rgb_asset_and_keeps_datetime(tmp_path: P
     (tmp_path / "items.json").write_text(json.dumps(collection))
     scenes = resolve_scenes([str(tmp_path / "items.json")])
     assert [(s.name, Path(s.path).name) for s in scenes] == [("S1", "s1.tif"), ("S2", "s2.tif")]
+    assert all(Path(s.path).parent == tmp_path.absolute() and Path(s.path).is_file() for s in scenes)
     assert scenes[0].datetime == "2024-05-01T10:00:00+00:00"
 
 

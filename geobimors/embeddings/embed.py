@@ -37,6 +37,7 @@ from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import ClipModel, load_model
 from geobimors.progress import Progress
 from geobimors.raster.read import ChipReader, ReadSpec
+from geobimors.raster.scene import SceneInfo
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
 from geobimors.run.plan import DEFAULT_MODEL, Batch, MapSettings, model_defaults, plan_reading
 from geobimors.run.store import RunLock, RunStore
@@ -184,6 +185,7 @@ class EmbedPlan:
         embedder: how tasks build the embedder.
         dtype: ``float16`` or ``float32`` embeddings in the file.
         band_description: which bands make the RGB chips.
+        scene: the scene description.
     """
 
     settings: MapSettings
@@ -191,6 +193,7 @@ class EmbedPlan:
     embedder: EmbedderSpec
     dtype: str = "float16"
     band_description: str = ""
+    scene: SceneInfo | None = None
 
     @property
     def n_chips(self) -> int:
@@ -265,7 +268,7 @@ def plan_embed(
         captioner,
         caption_encoder if captioner is not None else None,
     )
-    return EmbedPlan(replace(settings, model=model, gsd=gsd), read, spec, dtype, bands)
+    return EmbedPlan(replace(settings, model=model, gsd=gsd), read, spec, dtype, bands, scene)
 
 
 def embedding_dim(clip: ClipModel) -> int:
@@ -361,6 +364,8 @@ def embed_to_file(
     restart: bool = False,
     progress_mode: str = "bar",
     executor: Executor | None = None,
+    progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> EmbedSummary:
     """Embed every valid chip of a plan into a GeoParquet store.
 
@@ -376,6 +381,8 @@ def embed_to_file(
         restart: discard an interrupted earlier run instead of resuming it.
         progress_mode: ``bar``, ``jsonl`` or ``none``.
         executor: where tasks run (in-process Dask by default).
+        progress: count chips on this progress (several scenes, one bar) instead of a new one.
+        extra: added to the store metadata's ``extra`` (e.g. the scene name and datetime).
 
     Returns:
         The run summary.
@@ -391,11 +398,17 @@ def embed_to_file(
         local_spec = plan.embedder if isinstance(executor, LocalExecutor) else replace(plan.embedder, device="cpu")
         embedder = get_embedder(local_spec)
         meta = embed_meta(plan, embedder)
+        if extra:
+            meta = replace(meta, extra={**meta.extra, **extra})
         summary.load_seconds = time.monotonic() - loading
         store = RunStore.open(out, plan.fingerprint(), restart=restart)
         done = store.done(PART_KIND)
         summary.resumed_chips = sum(plan.batch(i).stop - plan.batch(i).start for i in done)
-        progress = Progress(plan.n_chips, progress_mode, desc="embed", initial=summary.resumed_chips)
+        shared = progress is not None
+        if progress is None:
+            progress = Progress(plan.n_chips, progress_mode, desc="embed", initial=summary.resumed_chips)
+        else:
+            progress.update(summary.resumed_chips)
         tasks = ((plan.read, plan.embedder, plan.batch(i)) for i in range(plan.n_batches) if i not in done)
         try:
             for outcome in executor.map(embed_batch, tasks):
@@ -410,13 +423,15 @@ def embed_to_file(
                 store.remove()  # nothing to resume: leave nothing behind
             raise
         finally:
-            progress.close()
+            if not shared:
+                progress.close()
         summary.n_embedded = assemble_store(store, out, replace(meta, dtype=plan.dtype), overwrite)
         store.remove()
     summary.elapsed = time.monotonic() - start
     if summary.n_embedded == 0:
         warn("no chip had enough valid pixels, so the store is empty; check the scene's nodata and --min-valid")
-    progress.event("done", output=str(out), failed=summary.n_failed)
+    if not shared:
+        progress.event("done", output=str(out), failed=summary.n_failed)
     return summary
 
 

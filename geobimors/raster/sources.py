@@ -200,7 +200,8 @@ def _from_stac(path: Path, kind: str, asset_key: str | None, allow_network: bool
             raise InputError(
                 f"STAC item {item.id} in {path}: its asset is remote ({href}); pass --allow-network to read it"
             )
-        target = href if is_remote(href) else str(Path(href).absolute())
+        # Items of an ItemCollection have no self link: their relative hrefs are relative to the file.
+        target = href if is_remote(href) else str((path.parent / href).absolute())
         out.append(SceneSource(target, str(item.id), _item_datetime(item), str(path)))
     if not out:
         raise InputError(f"STAC {kind} {path} holds no items")
@@ -222,14 +223,17 @@ def _from_list(path: Path) -> list[str]:
     return entries
 
 
-def _expand(argument: str, asset_key: str | None, allow_network: bool, depth: int = 0) -> list[SceneSource]:
+def _expand(
+    argument: str, asset_key: str | None, allow_network: bool, depth: int = 0, missing_ok: bool = False
+) -> list[SceneSource]:
     if is_remote(argument):
         return [SceneSource(argument, "", None, argument)]
     if argument.startswith("@"):
         if depth > 0:
             raise InputError(f"scene list {argument[1:]} names another list ({argument}); lists do not nest")
         listed = Path(argument[1:]).expanduser()
-        return [s for entry in _from_list(listed) for s in _expand(entry, asset_key, allow_network, depth + 1)]
+        entries = _from_list(listed)
+        return [s for entry in entries for s in _expand(entry, asset_key, allow_network, depth + 1, missing_ok)]
     path = Path(argument).expanduser()
     if path.is_dir():
         rasters = _rasters_in(path)
@@ -245,6 +249,8 @@ def _expand(argument: str, asset_key: str | None, allow_network: bool, depth: in
             raise InputError(f"the pattern {argument!r} matches no raster files ({len(matches)} paths in all)")
         return [SceneSource(str(p.absolute()), "", None, argument) for p in rasters]
     if not path.exists():
+        if missing_ok:  # reported when the scene is planned, without stopping the others
+            return [SceneSource(str(path.absolute()), "", None, argument)]
         raise InputError(f"scene {argument} does not exist")
     kind = _stac_kind(path)
     if kind is not None:
@@ -273,7 +279,7 @@ def _unique_names(sources: list[SceneSource]) -> list[SceneSource]:
 
 
 def resolve_scenes(
-    arguments: Sequence[str], asset: str | None = None, allow_network: bool = False
+    arguments: Sequence[str], asset: str | None = None, allow_network: bool = False, missing_ok: bool = False
 ) -> list[SceneSource]:
     """The scenes named by ``arguments`` (paths, folders, globs, ``@lists``, STAC files, URLs).
 
@@ -283,6 +289,8 @@ def resolve_scenes(
         allow_network: follow remote links and assets of STAC files. URLs given as arguments or
             in a ``@list`` (the user's own choice) are kept either way; a STAC file, often made
             by someone else, reaches the network only when allowed.
+        missing_ok: keep a file path that does not exist (given directly or in a ``@list``) as a
+            scene, so that a run of many scenes reports it as a failed scene instead of refusing.
 
     Returns:
         Scenes in argument order (sorted within a folder or glob), each once, with unique names.
@@ -297,7 +305,7 @@ def resolve_scenes(
     seen: set[str] = set()
     duplicates = []
     for argument in arguments:
-        for source in _expand(str(argument), asset, allow_network):
+        for source in _expand(str(argument), asset, allow_network, missing_ok=missing_ok):
             key = source.path if source.remote else os.path.realpath(source.path)
             if key in seen:
                 duplicates.append(source.path)

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +137,33 @@ def _tasks(
         yield (plan.read, plan.classifier, batch, plan.top_k, mine, with_embeddings)
 
 
+def stream_plans(
+    plans: Sequence[ScenePlan],
+    skips: Sequence[set[int]],
+    executor: Executor,
+    captions: Sequence[dict[int, str] | None] | None = None,
+    with_embeddings: bool = False,
+    stopped: Callable[[int], bool] = lambda i: False,
+) -> Generator[tuple[int, Outcome], None, None]:
+    """Run the batches of several plans as one stream of tasks; yield (plan index, outcome) as each finishes.
+
+    One scene is the one-plan case. The stream never drains between plans; ``stopped(i)`` true
+    (plan ``i`` failed) stops submitting plan ``i``'s remaining batches.
+    """
+    owners: list[int] = []
+
+    def tasks() -> Iterator[tuple[object, ...]]:
+        for i, plan in enumerate(plans):
+            for args in _tasks(plan, skips[i], captions[i] if captions else None, with_embeddings):
+                if stopped(i):
+                    break
+                owners.append(i)
+                yield args
+
+    for outcome in executor.map(classify_batch, tasks()):
+        yield owners[outcome.index], outcome
+
+
 def execute_plan(
     plan: ScenePlan,
     on_result: Callable[[BatchResult], None],
@@ -161,7 +188,7 @@ def execute_plan(
         GeobimorsError: when a task fails; the message names the chip window.
     """
     executor = executor or LocalExecutor()
-    for outcome in executor.map(classify_batch, _tasks(plan, skip or set(), captions, with_embeddings)):
+    for _, outcome in stream_plans([plan], [skip or set()], executor, [captions], with_embeddings):
         if outcome.error is not None:
             raise _task_error(plan, outcome, 2)
         result: BatchResult = outcome.result

@@ -94,7 +94,15 @@ class RunStore:
             InputError: if a store made with other settings exists and
                 ``restart`` is false.
         """
-        directory = store_path(output)
+        return cls.open_directory(store_path(output), fingerprint, restart)
+
+    @classmethod
+    def open_directory(cls, directory: Path, fingerprint: str, restart: bool = False) -> RunStore:
+        """Open the store in ``directory`` to resume it, or create it (see :meth:`open`).
+
+        Raises:
+            InputError: if a store made with other settings exists and ``restart`` is false.
+        """
         manifest = directory / MANIFEST
         if directory.exists() and restart:
             shutil.rmtree(directory)
@@ -145,10 +153,17 @@ class RunStore:
                 f"({exc.strerror or exc}); free space and run the same command again to resume"
             ) from exc
 
-    def tables(self, kind: str = "batch") -> Iterator[pa.Table]:
-        """Stored parts in index order."""
+    def write_bytes(self, index: int, data: bytes, kind: str = "batch") -> None:
+        """Store a part from its Parquet bytes (restored from a finished output), atomically."""
+        path = self.part_path(index, kind)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def tables(self, kind: str = "batch", columns: list[str] | None = None) -> Iterator[pa.Table]:
+        """Stored parts in index order (only ``columns`` when given)."""
         for index in sorted(self.done(kind)):
-            yield pq.read_table(self.part_path(index, kind))
+            yield pq.read_table(self.part_path(index, kind), columns=columns)
 
     def captions(self) -> dict[int, str]:
         """Every stored caption, by linear chip index."""

@@ -155,6 +155,14 @@ class GeoPackageWriter:
         except Exception as exc:  # pyogrio raises several types; all mean the write failed
             raise _write_error(self.output, exc) from exc
 
+    def write_table(self, frame: pd.DataFrame, layer: str) -> None:
+        """Write (or append to) a table without geometry (e.g. ``failed_scenes``), created even when empty."""
+        try:
+            pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", append=layer in self._created)
+        except Exception as exc:  # pyogrio raises several types; all mean the write failed
+            raise _write_error(self.output, exc) from exc
+        self._created.add(layer)
+
     def finish(self, labels: Sequence[str], regions: bool = False) -> Path:
         """Add the regions layer and styles, then move the file into place.
 
