@@ -130,11 +130,14 @@ def test_a_real_run_on_two_rasters(iface, small_scene: Path, tmp_path: Path) -> 
         pytest.skip("this geobimors map takes one SCENE; the multi-scene CLI (issue 17) is not merged yet")
     from osgeo import gdal
 
-    second = tmp_path / "east.tif"
-    assert gdal.Translate(str(second), str(small_scene), srcWin=[0, 0, 66, 110]) is not None
+    # Two rasters side by side (the overlap rule would keep one scene's chips where they overlap).
+    width, height = gdal.Open(str(small_scene)).RasterXSize, gdal.Open(str(small_scene)).RasterYSize
+    first, second = tmp_path / "west.tif", tmp_path / "east.tif"
+    assert gdal.Translate(str(first), str(small_scene), srcWin=[0, 0, width // 2, height]) is not None
+    assert gdal.Translate(str(second), str(small_scene), srcWin=[width // 2, 0, width - width // 2, height]) is not None
     out = tmp_path / "two.gpkg"
     request = MapRequest(
-        scene=[str(small_scene), str(second)], output=str(out), labels=["forest", "sea or lake"], model="mini",
+        scene=[str(first), str(second)], output=str(out), labels=["forest", "sea or lake"], model="mini",
         bands="3,2,1",
     )  # fmt: skip
     progress: list[float] = []
@@ -144,5 +147,5 @@ def test_a_real_run_on_two_rasters(iface, small_scene: Path, tmp_path: Path) -> 
     layer = QgsVectorLayer(f"{out}|layername=chips", "chips", "ogr")
     assert layer.isValid()
     scenes = {feature["scene"] for feature in layer.getFeatures()}
-    assert len(scenes) == 2 and any("east" in str(s) for s in scenes)
+    assert scenes == {"west", "east"}
     wait_for(lambda: True)
