@@ -420,7 +420,9 @@ def map_command(
     if not scenes:
         raise InputError("missing SCENE (a raster to map), or --from-embeddings STORE to label stored embeddings")
     sources = _scene_sources(scenes, asset, chip["allow_network"])
-    if sources is not None and (len(sources) > 1 or crs is not None):
+    # Several scenes, a target CRS or a dated scene (a STAC item: its datetime goes in a column) make the
+    # many-scene output; one plain scene keeps the single-scene output.
+    if sources is not None and (len(sources) > 1 or crs is not None or sources[0].datetime is not None):
         _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, top_k, device,
                     precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps, overwrite,
                     restart, progress_mode, quiet, chip)  # fmt: skip
@@ -514,8 +516,9 @@ def _map_scenes(
     from geobimors.run.plan import MapSettings
     from geobimors.vector.gpkg import check_output
 
-    if output is None:
+    if output is None and len(sources) > 1:
         raise InputError(f"{len(sources)} scenes make one map: name it with -o OUTPUT.gpkg")
+    output = output if output is not None else Path(_default_output(sources[0].path))
     check_output(output, overwrite)
     check_output_not_input(output, sources)
     parse_crs(crs)

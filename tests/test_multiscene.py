@@ -178,6 +178,21 @@ def test_stac_items_give_scene_names_and_datetimes(
     assert layer[layer.scene == "c"].datetime.isna().all()
 
 
+def test_one_stac_item_keeps_its_datetime(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, labels_file: Path, pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": "S2-one", "geometry": None, "links": [],
+        "properties": {"datetime": "2024-05-01T10:00:00Z"}, "assets": {"visual": {"href": pair[0].name}},
+    }  # fmt: skip
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    result = mapped(capsys, tiny_model, labels_file, tmp_path / "one.gpkg", tmp_path / "item.json")
+    assert result.exit_code == 0, result.err
+    layer = chips(tmp_path / "one.gpkg")
+    assert set(layer.scene) == {"S2-one"} and len(layer) == 16
+    assert str(layer.datetime.iloc[0]).startswith("2024-05-01 10:00:00")
+
+
 # --- failures and bad input -----------------------------------------------------------------------
 
 
