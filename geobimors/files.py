@@ -14,6 +14,11 @@ from pathlib import Path
 from geobimors.errors import InputError, OutputError
 
 
+def default_cache_dir() -> Path:
+    """Cache folder (captions, text features): ``$GEOBIMORS_CACHE_DIR``, else ``~/.cache/geobimors``."""
+    return Path(os.environ.get("GEOBIMORS_CACHE_DIR", Path.home() / ".cache" / "geobimors"))
+
+
 def read_fd(fd: int, limit: int) -> bytes:
     """Up to ``limit`` bytes from an open file descriptor."""
     chunks = []
