@@ -16,7 +16,7 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from geobimors.errors import OutputError, RunError
-from geobimors.files import check_output_file
+from geobimors.files import check_output_file, too_large_message
 from geobimors.raster.grid import window_corners
 from geobimors.vector.style import categorized_qml, write_layer_styles
 
@@ -160,7 +160,7 @@ class GeoPackageWriter:
                 layer_metadata=None if append else self.metadata,
             )
         except Exception as exc:  # pyogrio raises several types; all mean the write failed
-            raise _write_error(self.output, exc) from exc
+            raise _write_error(self.output, exc, self.tmp) from exc
 
     def finish(self, labels: Sequence[str], regions: bool = False) -> Path:
         """Add the regions layer and styles, then move the file into place.
@@ -193,7 +193,7 @@ class GeoPackageWriter:
                 raise OutputError(f"output {self.output} appeared while the run was writing; not replacing it")
             os.replace(self.tmp, self.output)
         except OSError as exc:
-            raise _write_error(self.output, exc) from exc
+            raise _write_error(self.output, exc, self.tmp) from exc
         return self.output
 
 
@@ -213,9 +213,12 @@ def dissolve_regions(chips: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return parts[["label", "area", "geometry"]]
 
 
-def _write_error(output: Path, exc: BaseException) -> Exception:
+def _write_error(output: Path, exc: BaseException, written: Path) -> Exception:
     if isinstance(exc, OutputError):
         return exc
+    too_large = too_large_message(output, exc, written, "nothing was written there and finished batches are kept")
+    if too_large is not None:
+        return RunError(too_large)
     text = str(exc)
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text or "disk is full" in text:
         return RunError(
