@@ -122,9 +122,9 @@ def load_mini(device: torch.device, precision: str) -> Any:
     except RuntimeError:  # a shape that does not fit
         raise _bad_weights(weights) from None
     clip = ClipModel("mini", model, tokenizer, device, precision, native_gsd=native_gsd, default_chip_size=chip_size)
-    clip.text_cache_key = files_key(
-        "mini-fast", [CONFIG_PATH, weights, *(spec.text_path / n for n in ("model.safetensors", "tokenizer.json"))]
-    )
+    text_files = [spec.text_path / name for name in ("config.json", "model.safetensors", "tokenizer.json")]
+    code = [Path(towers.__file__)]  # an edited tower (a development checkout) is another model
+    clip.text_cache_key = files_key("mini-fast", [CONFIG_PATH, weights, *text_files, *code])
     return clip
 
 
