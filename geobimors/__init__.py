@@ -200,11 +200,16 @@ def load_head(path: str | Path, model: str | None = None, device: str = "auto", 
     return _load_head(path, load_model(name, device, precision))
 
 
-def train(data: str | Path, output: str | Path, **options: Any) -> tuple[Head, TrainResult]:
-    """Train a few-shot head and save it (see :func:`geobimors.train.api.train`)."""
+def train(
+    data: str | Path, output: str | Path, progress: bool | str = False, **options: Any
+) -> tuple[Head, TrainResult]:
+    """Train a few-shot head and save it (see :func:`geobimors.train.api.train`).
+
+    Quiet unless ``progress`` is ``True`` (a bar), ``"bar"`` or ``"jsonl"``.
+    """
     from geobimors.train.api import train as _train
 
-    return _train(data, output, **options)
+    return _train(data, output, progress=_progress_mode(progress), **options)
 
 
 def evaluate(data: str | Path, **options: Any) -> dict[str, Any]:
@@ -266,7 +271,7 @@ def embed(
     caption_encoder: str | None = "minilm",
     overwrite: bool = False,
     restart: bool = False,
-    progress: str = "bar",
+    progress: bool | str = False,
     **options: Any,
 ) -> EmbedSummary | DatasetSummary:
     """Embed every valid chip of a scene into a GeoParquet store (what ``geobimors embed`` does).
@@ -282,7 +287,7 @@ def embed(
         caption_encoder: text encoder of the stored caption embeddings (``None``: captions only).
         overwrite: replace an existing store.
         restart: discard an interrupted earlier run instead of resuming it.
-        progress: ``bar``, ``jsonl`` or ``none``.
+        progress: ``True`` for a progress bar, ``False`` (default) for none, or ``"jsonl"``.
         **options: chip options as :class:`geobimors.run.plan.MapSettings` fields
             (``chip_size``, ``overlap``, ``gsd``, ``bands``, ``batch_size``, ``device``, ...).
 
@@ -304,7 +309,7 @@ def embed(
         return embed_dataset(scenes, directory, overwrite, restart, fail_fast, progress)
     settings = _settings(sources[0].path if sources is not None else str(scene), [], model=model, **options)
     plan = plan_embed(settings, dtype, spec, caption_encoder)
-    return embed_to_file(plan, output, overwrite=overwrite, restart=restart, progress_mode=progress)
+    return embed_to_file(plan, output, overwrite=overwrite, restart=restart, progress_mode=_progress_mode(progress))
 
 
 def classify_embeddings(

@@ -7,11 +7,67 @@ growing memory until the kernel stops the run.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 from geobimors.errors import InputError, OutputError
+
+
+def default_cache_dir() -> Path:
+    """Cache folder (captions, text features): ``$GEOBIMORS_CACHE_DIR``, else ``~/.cache/geobimors``."""
+    return Path(os.environ.get("GEOBIMORS_CACHE_DIR", Path.home() / ".cache" / "geobimors"))
+
+
+# Largest file FAT32 (USB sticks, SD cards) can hold.
+FAT32_MAX_FILE = 4 * 1024**3 - 1
+_MIB = 1024 * 1024
+
+
+def file_size_limit() -> int | None:
+    """The process's file-size limit in bytes (``ulimit -f``), or ``None`` when there is none."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def too_large_message(output: Path, exc: BaseException, written: Path, rest: str) -> str | None:
+    """The one-line error for a write that failed because the file grew too large, else ``None``.
+
+    A file can outgrow this process's file-size limit (``ulimit -f``: the write fails with EFBIG,
+    which GDAL reports only as a failed commit) or the file system's largest file (FAT32: 4 GiB).
+
+    Args:
+        output: the file the user asked for.
+        exc: the error the write raised.
+        written: the file being written when it failed (a temporary file).
+        rest: what happens to the work (e.g. "finished batches are kept").
+    """
+    size = _size(written)
+    limit = file_size_limit()
+    efbig = getattr(exc, "errno", None) == errno.EFBIG or "File too large" in str(exc)
+    if limit is not None and (efbig or size >= limit - _MIB):
+        return (
+            f"{output} outgrew this process's file-size limit (ulimit -f: {limit:,} bytes); raise it "
+            f"(ulimit -f unlimited) or write a smaller output (a larger --chip-size, a smaller scene); {rest}"
+        )
+    if efbig or size >= FAT32_MAX_FILE - _MIB:
+        return (
+            f"{output} is larger than its file system allows (FAT32 holds at most 4 GiB per file); write it "
+            f"to a disk formatted ext4, NTFS, APFS or exFAT, or write a smaller output; {rest}"
+        )
+    return None
 
 
 def read_fd(fd: int, limit: int) -> bytes:

@@ -25,6 +25,13 @@ sys.path.insert(0, str(TESTS))
 from rasters import make_geotiff, random_rgb  # noqa: E402
 from tiny_models import make_tiny_clip_dir  # noqa: E402
 
+# Under pytest-xdist (scripts/test runs `-n auto`), each worker gets its share of the cores for
+# torch: N workers each using every core would oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -517,6 +517,8 @@ def test_disk_full_while_writing(
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
         errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and str(out) in errors[0], done.stderr
+        # One line saying what happened and what to do, not GDAL's "Failed to commit transaction".
+        assert "file-size limit (ulimit -f: 65,536 bytes); raise it (ulimit -f unlimited)" in errors[0], errors[0]
         assert out.read_bytes() == PREVIOUS
         assert not leftovers(full)
         assert not [p.name for p in full.iterdir() if p.name.endswith(".gpkg") and p != out]

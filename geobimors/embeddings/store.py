@@ -37,7 +37,7 @@ from rasterio.crs import CRS
 
 from geobimors._version import __version__
 from geobimors.errors import InputError, ModelError, OutputError, RunError
-from geobimors.files import check_output_file
+from geobimors.files import check_output_file, too_large_message
 
 FORMAT_VERSION = 1
 GEO_KEY = b"geo"
@@ -458,8 +458,9 @@ class StoreWriter:
         try:
             self._writer.write_table(table, row_group_size=table.num_rows)
         except OSError as exc:
+            error = _write_error(self.path, exc, self.tmp)
             self.discard()
-            raise _write_error(self.path, exc) from exc
+            raise error from exc
         self.n_rows += table.num_rows
 
     def close(self) -> Path:
@@ -474,8 +475,9 @@ class StoreWriter:
             self._sink.close()
             os.replace(self.tmp, self.path)
         except OSError as exc:
+            error = _write_error(self.path, exc, self.tmp)
             self.discard()
-            raise _write_error(self.path, exc) from exc
+            raise error from exc
         return self.path
 
     def discard(self) -> None:
@@ -487,7 +489,10 @@ class StoreWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def _write_error(path: Path, exc: OSError) -> RunError:
+def _write_error(path: Path, exc: OSError, written: Path) -> RunError:
+    too_large = too_large_message(path, exc, written, "run the same command again once there is room")
+    if too_large is not None:
+        return RunError(too_large)
     full = exc.errno == errno.ENOSPC or "No space left" in str(exc)
     return RunError(
         f"{'disk full' if full else 'cannot write'} while writing embeddings store {path} "

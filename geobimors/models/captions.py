@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from geobimors.errors import ModelError
+from geobimors.files import default_cache_dir
 from geobimors.models.clip import describe_load_failure, resolve_device
 from geobimors.models.hf import quiet_transformers
 
@@ -79,11 +79,6 @@ class CaptionerSpec:
     def key(self) -> str:
         """Cache key prefix: captioner id and generation settings."""
         return json.dumps(asdict(self), sort_keys=True)
-
-
-def default_cache_dir() -> Path:
-    """Cache folder: ``$GEOBIMORS_CACHE_DIR``, else ``~/.cache/geobimors``."""
-    return Path(os.environ.get("GEOBIMORS_CACHE_DIR", Path.home() / ".cache" / "geobimors"))
 
 
 def chip_hash(chip: np.ndarray) -> str:
@@ -156,6 +151,7 @@ class Captioner:
             self.kind = MINI_CAPTIONER
             return
         from transformers import AutoConfig, AutoProcessor
+
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
         try:
             config = AutoConfig.from_pretrained(spec.name)

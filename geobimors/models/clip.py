@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from geobimors.errors import ModelError
+from geobimors.files import default_cache_dir
 
 RANDOM_WEIGHTS = ("random", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -239,18 +240,19 @@ class ClipModel:
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
-        open_clip = _open_clip()
-        cfg = open_clip.get_model_preprocess_cfg(model)
+        cfg = _preprocess_cfg(model)
         size = cfg.get("size", 224)
         self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
-        mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), dtype=torch.float32)
-        std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), dtype=torch.float32)
+        mean = torch.tensor(cfg["mean"], dtype=torch.float32)
+        std = torch.tensor(cfg["std"], dtype=torch.float32)
         self._mean = mean.view(1, 3, 1, 1).to(device)
         self._std = std.view(1, 3, 1, 1).to(device)
         self.native_gsd = native_gsd
         self.default_chip_size = default_chip_size
         self._fingerprint: str | None = None
+        # Set by loaders that can name their weights cheaply: text features are then cached on disk.
+        self.text_cache_key: str | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -299,12 +301,13 @@ class ClipModel:
         Raises:
             ModelError: for image towers that expose no tokens.
         """
-        from open_clip.timm_model import TimmModel
-
         visual = self.model.visual
         captured: list[torch.Tensor] = []
         with self.autocast():
-            if isinstance(visual, TimmModel):
+            if hasattr(visual, "forward_with_tokens"):  # the bundled model's plain-torch tower
+                features, feature_map = visual.forward_with_tokens(images)
+                captured.append(feature_map)
+            elif _is_timm_tower(visual):
                 feature_map = visual.trunk.forward_features(images)
                 features = visual.head(visual.trunk.forward_head(feature_map))
                 captured.append(feature_map)
@@ -329,7 +332,29 @@ class ClipModel:
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised text features (float32), encoded in batches."""
+        """L2-normalised text features (float32), encoded in batches.
+
+        With a :attr:`text_cache_key`, the features of the same texts (same weights, precision
+        and device type) come from the on-disk cache (``$GEOBIMORS_CACHE_DIR/text-features``).
+        """
+        path = self._text_cache_path(texts)
+        cached = _read_text_cache(path, len(texts)) if path is not None else None
+        if cached is not None:
+            return cached.to(self.device)
+        features = self._encode_texts(texts, batch_size)
+        if path is not None:
+            _write_text_cache(path, features)
+        return features
+
+    def _text_cache_path(self, texts: Sequence[str]) -> Path | None:
+        if self.text_cache_key is None or not texts:
+            return None
+        digest = hashlib.sha256(f"{self.text_cache_key}\0{self.precision}\0{self.device.type}".encode())
+        for text in texts:
+            digest.update(b"\0" + text.encode())
+        return default_cache_dir() / "text-features" / f"{digest.hexdigest()[:32]}.safetensors"
+
+    def _encode_texts(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         out = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start : start + batch_size])).to(self.device)
@@ -360,6 +385,57 @@ class ClipModel:
                 digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
+
+
+def _preprocess_cfg(model: torch.nn.Module) -> dict[str, Any]:
+    """Input size, mean, std and interpolation of a model (open_clip's defaults where unset).
+
+    A model that carries a complete ``visual.preprocess_cfg`` (the bundled model's plain-torch
+    path) needs no open_clip import.
+    """
+    cfg = dict(getattr(getattr(model, "visual", model), "preprocess_cfg", None) or {})
+    if {"size", "mean", "std"} <= cfg.keys():
+        return cfg
+    open_clip = _open_clip()
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    cfg.setdefault("mean", open_clip.OPENAI_DATASET_MEAN)
+    cfg.setdefault("std", open_clip.OPENAI_DATASET_STD)
+    return cfg
+
+
+def _is_timm_tower(visual: Any) -> bool:
+    """Whether an image tower is open_clip's timm adapter (imports open_clip only if it is loaded)."""
+    import sys
+
+    module = sys.modules.get("open_clip.timm_model")
+    return module is not None and isinstance(visual, module.TimmModel)
+
+
+def _read_text_cache(path: Path, count: int) -> torch.Tensor | None:
+    """Cached text features (count, E), or ``None`` when absent or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        features = load_file(str(path)).get("features")
+    except (OSError, SafetensorError):
+        return None
+    if features is None or features.dim() != 2 or features.shape[0] != count or features.dtype != torch.float32:
+        return None
+    return features
+
+
+def _write_text_cache(path: Path, features: torch.Tensor) -> None:
+    """Store text features atomically; a cache that cannot be written is skipped."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"features": features.detach().to("cpu", torch.float32).contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def _tokenizer_for(open_clip: Any, source: ModelSource) -> Any:

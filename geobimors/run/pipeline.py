@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import pyarrow as pa
 
 from geobimors.embeddings.embed import EMBEDDING_PARTS, EmbeddingsRequest, assemble_store, batch_rows, map_store_meta
@@ -28,6 +28,9 @@ from geobimors.run.plan import ScenePlan, check_output_safety
 from geobimors.run.store import RunLock, RunStore, captions_table, label_columns, result_table
 from geobimors.run.tasks import BatchResult, CaptionResult, caption_batch, classify_batch
 from geobimors.vector.gpkg import FAILED_LAYER, GeoPackageWriter, check_output, failed_to_frame, records_to_frame
+
+if TYPE_CHECKING:
+    import geopandas as gpd
 
 
 @dataclass

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from geobimors._version import __version__
 from geobimors.errors import InputError, RunError
-from geobimors.files import read_regular_file
+from geobimors.files import read_regular_file, too_large_message
 from geobimors.run.tasks import BatchResult
 
 MANIFEST = "manifest.json"
@@ -146,7 +146,10 @@ class RunStore:
                 pq.write_table(table, sink)
             os.replace(tmp, path)
         except OSError as exc:
+            too_large = too_large_message(path, exc, tmp, "finished batches are kept")
             tmp.unlink(missing_ok=True)
+            if too_large is not None:
+                raise RunError(too_large) from exc
             full = exc.errno == errno.ENOSPC or "No space left" in str(exc)
             raise RunError(
                 f"{'disk full' if full else 'cannot write'} while saving finished batches to {self.directory} "
@@ -178,9 +181,14 @@ class RunStore:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all; a failed write leaves no temporary file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def captions_table(chips: np.ndarray, captions: list[str]) -> pa.Table:

@@ -14,11 +14,15 @@ from typing import Any
 
 
 class _CallablePackage(types.ModuleType):
-    def __call__(self, data: Any, output: Any, **options: Any) -> Any:
-        """Train a few-shot head and save it (see :func:`geobimors.train.api.train`)."""
+    def __call__(self, data: Any, output: Any, progress: bool | str = False, **options: Any) -> Any:
+        """Train a few-shot head and save it (see :func:`geobimors.train.api.train`).
+
+        Quiet unless ``progress`` is ``True`` (a bar), ``"bar"`` or ``"jsonl"``.
+        """
         from geobimors.train.api import train
 
-        return train(data, output, **options)
+        mode = ("bar" if progress else "none") if isinstance(progress, bool) else progress
+        return train(data, output, progress=mode, **options)
 
 
 sys.modules[__name__].__class__ = _CallablePackage

@@ -7,20 +7,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-import geopandas as gpd
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyogrio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
 
 from geobimors.errors import OutputError, RunError
-from geobimors.files import check_output_file
+from geobimors.files import check_output_file, too_large_message
 from geobimors.raster.grid import window_corners
 from geobimors.vector.style import categorized_qml, write_layer_styles
+
+if TYPE_CHECKING:  # geopandas, pandas and pyogrio are imported when the first frame is made:
+    import geopandas as gpd  # a run classifies its first chips without them
+    import pandas as pd
 
 CHIPS_LAYER = "chips"
 REGIONS_LAYER = "regions"
@@ -67,6 +69,9 @@ def failed_to_frame(table: pa.Table, transform: Affine, crs: CRS | None) -> gpd.
 def _frame(
     frame: pd.DataFrame, transform: Affine, crs: CRS | None, label_columns: Sequence[str], extra: dict[str, str]
 ) -> gpd.GeoDataFrame:
+    import geopandas as gpd
+    import pandas as pd
+
     windows = frame[["col_off", "row_off", "width", "height"]].to_numpy()
     data = {name: frame[name] for name in label_columns}
     data.update({name: frame[name] for name in _CHIP_COLUMNS})
@@ -142,6 +147,8 @@ class GeoPackageWriter:
             self.n_features += len(frame)
 
     def _write(self, frame: gpd.GeoDataFrame, layer: str, append: bool) -> None:
+        import pyogrio
+
         try:
             pyogrio.write_dataframe(
                 frame,
@@ -153,7 +160,7 @@ class GeoPackageWriter:
                 layer_metadata=None if append else self.metadata,
             )
         except Exception as exc:  # pyogrio raises several types; all mean the write failed
-            raise _write_error(self.output, exc) from exc
+            raise _write_error(self.output, exc, self.tmp) from exc
 
     def write_table(self, frame: pd.DataFrame, layer: str) -> None:
         """Write (or append to) a table without geometry (e.g. ``failed_scenes``), created even when empty."""
@@ -175,6 +182,8 @@ class GeoPackageWriter:
         """
         styles = [(CHIPS_LAYER, categorized_qml(labels))]
         if regions:
+            import pyogrio
+
             chips = pyogrio.read_dataframe(self.tmp, layer=CHIPS_LAYER, columns=["label"])
             self._write(dissolve_regions(chips), REGIONS_LAYER, append=False)
             styles.append((REGIONS_LAYER, categorized_qml(labels, outline=False)))
@@ -192,7 +201,7 @@ class GeoPackageWriter:
                 raise OutputError(f"output {self.output} appeared while the run was writing; not replacing it")
             os.replace(self.tmp, self.output)
         except OSError as exc:
-            raise _write_error(self.output, exc) from exc
+            raise _write_error(self.output, exc, self.tmp) from exc
         return self.output
 
 
@@ -202,6 +211,8 @@ def dissolve_regions(chips: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     Returns:
         One row per connected region: label, number of chips and area (CRS units).
     """
+    import geopandas as gpd
+
     if len(chips) == 0:
         return gpd.GeoDataFrame({"label": [], "area": []}, geometry=[], crs=chips.crs)
     merged = chips[["label", "geometry"]].dissolve(by="label", as_index=False)
@@ -210,9 +221,12 @@ def dissolve_regions(chips: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return parts[["label", "area", "geometry"]]
 
 
-def _write_error(output: Path, exc: BaseException) -> Exception:
+def _write_error(output: Path, exc: BaseException, written: Path) -> Exception:
     if isinstance(exc, OutputError):
         return exc
+    too_large = too_large_message(output, exc, written, "nothing was written there and finished batches are kept")
+    if too_large is not None:
+        return RunError(too_large)
     text = str(exc)
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in text or "disk is full" in text:
         return RunError(

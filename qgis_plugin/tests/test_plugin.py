@@ -217,3 +217,30 @@ def test_assess_accuracy_algorithm_reports_the_cli_figures(iface, tmp_path: Path
         assert raised is not None and "--mapping" in raised
     finally:
         plugin.unload()
+
+
+def test_map_and_search_tasks_report_the_cli_error_line(tmp_path: Path) -> None:
+    from geobimors_qgis.runner import SearchRequest
+    from geobimors_qgis.task import MapTask, SearchTask
+
+    fake = tmp_path / "failing-geobimors"
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.stderr.write('Error: no such scene; check the path\\n')\nsys.exit(2)\n"
+    )
+    fake.chmod(0o755)
+    for task_class, request in (
+        (MapTask, MapRequest(scene="nope.tif", output=str(tmp_path / "o.gpkg"), labels=["forest"])),
+        (
+            SearchTask,
+            SearchRequest(store=str(tmp_path / "s.parquet"), output=str(tmp_path / "h.gpkg"), queries=["a port"]),
+        ),
+    ):
+        reported = []
+        task = task_class(
+            command_prefix(str(fake)), request, lambda result, error, seen=reported: seen.append((result, error))
+        )
+        assert "nope.tif" in task.description(request) or "s.parquet" in task.description(request)
+        assert task.run() is False
+        task.finished(False)
+        ((result, error),) = reported
+        assert result.returncode == 2 and error == "no such scene; check the path", (task_class, error)

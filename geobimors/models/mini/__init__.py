@@ -73,28 +73,84 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not k.startswith("text.transformer.")}
 
 
+def _extra(config: dict[str, Any]) -> tuple[Path, float, int]:
+    extra = config["geobimors"]
+    weights = MODEL_DIR / extra["weights"]
+    if not weights.is_file():
+        raise ModelError(f"the bundled mini weights are missing ({weights}); reinstall geobimors")
+    return weights, float(extra["native_gsd"]), int(extra["chip_size"])
+
+
+def _bad_weights(weights: Path) -> ModelError:
+    return ModelError(f"the bundled mini weights do not fit its config ({weights}); reinstall geobimors")
+
+
+def preprocess_cfg(config: dict[str, Any]) -> dict[str, Any]:
+    """Input size, mean, std, interpolation and resize mode, as open_clip merges them.
+
+    The config's ``preprocess_cfg`` over the image tower's ``image_size`` (open_clip's default).
+    """
+    size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
+    return {"size": size, **config.get("preprocess_cfg", {})}
+
+
 def load_mini(device: torch.device, precision: str) -> Any:
-    """Load the bundled mini model with its trained weights."""
+    """Load the bundled mini model with its trained weights.
+
+    Plain torch modules (:mod:`geobimors.models.mini.towers`) when its config allows, which
+    imports neither open_clip, timm nor transformers; otherwise through open_clip
+    (:func:`load_mini_open_clip`). Both give the same embeddings and the same fingerprint.
+    """
+    from geobimors.models.mini import towers
+
+    config = json.loads(CONFIG_PATH.read_text())
+    spec = towers.fast_spec(config, text_tower_path())
+    if spec is None:
+        return load_mini_open_clip(device, precision)
+    from safetensors.torch import load_file
+
+    from geobimors.models.clip import ClipModel
+
+    weights, native_gsd, chip_size = _extra(config)
+    model, tokenizer = towers.build_fast(spec, preprocess_cfg(config))
+    state = load_file(str(weights))
+    expected = {k for k in model.state_dict() if not k.startswith("text.transformer.")}
+    if set(state) != expected:
+        raise _bad_weights(weights)
+    try:
+        model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError:  # a shape that does not fit
+        raise _bad_weights(weights) from None
+    clip = ClipModel("mini", model, tokenizer, device, precision, native_gsd=native_gsd, default_chip_size=chip_size)
+    text_files = [spec.text_path / name for name in ("config.json", "model.safetensors", "tokenizer.json")]
+    code = [Path(towers.__file__)]  # an edited tower (a development checkout) is another model
+    clip.text_cache_key = files_key("mini-fast", [CONFIG_PATH, weights, *text_files, *code])
+    return clip
+
+
+def files_key(kind: str, paths: list[Path]) -> str:
+    """A key naming the exact files a model is built from (path, size, modification time) and this code."""
+    import hashlib
+
+    from geobimors._version import __version__
+
+    parts = [kind, __version__]
+    for path in paths:
+        info = path.stat()
+        parts.append(f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def load_mini_open_clip(device: torch.device, precision: str) -> Any:
+    """Load the bundled mini model through open_clip (the reference for the plain-torch path)."""
     from safetensors.torch import load_file
 
     from geobimors.models.clip import ClipModel
 
     model, tokenizer, config = build_mini()
-    weights = MODEL_DIR / config["geobimors"]["weights"]
-    if not weights.is_file():
-        raise ModelError(f"the bundled mini weights are missing ({weights}); reinstall geobimors")
+    weights, native_gsd, chip_size = _extra(config)
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("text.transformer.") for k in missing):
-        raise ModelError(f"the bundled mini weights do not fit its config ({weights}); reinstall geobimors")
-    extra = config["geobimors"]
-    return ClipModel(
-        "mini",
-        model,
-        tokenizer,
-        device,
-        precision,
-        native_gsd=float(extra["native_gsd"]),
-        default_chip_size=int(extra["chip_size"]),
-    )
-
+        raise _bad_weights(weights)
+    return ClipModel("mini", model, tokenizer, device, precision, native_gsd=native_gsd, default_chip_size=chip_size)
