@@ -306,7 +306,7 @@ def embed(
         directory = check_dataset_output(output, sources)
         settings = _settings(sources[0].path, [], model=model, **options)
         scenes = plan_dataset(sources, directory, settings, dtype, spec, caption_encoder, fail_fast)
-        return embed_dataset(scenes, directory, overwrite, restart, fail_fast, progress)
+        return embed_dataset(scenes, directory, overwrite, restart, fail_fast, _progress_mode(progress))
     settings = _settings(sources[0].path if sources is not None else str(scene), [], model=model, **options)
     plan = plan_embed(settings, dtype, spec, caption_encoder)
     return embed_to_file(plan, output, overwrite=overwrite, restart=restart, progress_mode=_progress_mode(progress))

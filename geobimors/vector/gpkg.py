@@ -164,10 +164,12 @@ class GeoPackageWriter:
 
     def write_table(self, frame: pd.DataFrame, layer: str) -> None:
         """Write (or append to) a table without geometry (e.g. ``failed_scenes``), created even when empty."""
+        import pyogrio
+
         try:
             pyogrio.write_dataframe(frame, self.tmp, layer=layer, driver="GPKG", append=layer in self._created)
         except Exception as exc:  # pyogrio raises several types; all mean the write failed
-            raise _write_error(self.output, exc) from exc
+            raise _write_error(self.output, exc, self.tmp) from exc
         self._created.add(layer)
 
     def finish(self, labels: Sequence[str], regions: bool = False) -> Path:
