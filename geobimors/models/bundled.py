@@ -29,6 +29,9 @@ class BundledModel:
         chip_size: chip edge in pixels at ``gsd`` that the model expects.
         gsd: native ground resolution in metres per pixel.
         description: one line for listings.
+        gsd_range: (finest, coarsest) ground resolution in metres per model-input pixel that the
+            model was trained on; ``map`` and ``embed`` resample a scene to the nearest resolution
+            in this range (``None``: always to ``gsd``).
     """
 
     name: str
@@ -36,6 +39,7 @@ class BundledModel:
     chip_size: int
     gsd: float
     description: str
+    gsd_range: tuple[float, float] | None = None
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -44,7 +48,11 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         loader="geobimors.models.mini:load_mini",
         chip_size=64,
         gsd=10.0,
-        description="geobimors-mini: ResNet-10-T image tower trained on EuroSAT RGB (10 m), frozen MiniLM-L6 text",
+        description=(
+            "geobimors-mini: ResNet-10-T image tower trained on EuroSAT, UC Merced, AID and UCM-Captions "
+            "(0.6-30 m), frozen MiniLM-L6 text"
+        ),
+        gsd_range=(0.6, 30.0),
     ),
 }
 
@@ -73,3 +81,8 @@ def declared_geometry(name: str) -> tuple[int, float]:
     """(chip size in px, native GSD in m/px) of a bundled model."""
     model = _get(name)
     return model.chip_size, model.gsd
+
+
+def declared_gsd_range(name: str) -> tuple[float, float] | None:
+    """(finest, coarsest) ground resolution in m/px a bundled model was trained on, if it declares one."""
+    return _get(name).gsd_range
