@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from torch.optim.lr_scheduler import LRScheduler
-from train_mini import TRAIN_TEMPLATES, load_image_folder, warmup_cosine
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+from train_mini import TRAIN_TEMPLATES, load_image_folder
 
 from geobimors.class_names import AID, UC_MERCED
 from geobimors.models.clip import ClipModel
@@ -307,6 +307,53 @@ def load_data(
     return train, evals
 
 
+def cached_data(
+    model: Any, tokenizer: Any, clip: ClipModel, data_root: Path, limit: int | None, cache: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """:func:`load_data`, kept in ``cache`` (safetensors + JSON) so that a resumed run starts at once.
+
+    The text features depend on the frozen MiniLM only, the images on the data: both are the
+    same for every run of this script on the same data.
+    """
+    tensors_file, rest_file = cache.with_suffix(".safetensors"), cache.with_suffix(".json")
+    if tensors_file.is_file() and rest_file.is_file():
+        tensors, rest = load_file(str(tensors_file)), json.loads(rest_file.read_text())
+        if rest.get("key") == [str(data_root), limit]:
+            out: dict[str, dict[str, dict[str, Any]]] = {"train": {}, "evals": {}}
+            for part, sets in rest["sets"].items():
+                for name, fields in sets.items():
+                    entry = dict(fields)
+                    for key in [k.split("/", 2)[2] for k in tensors if k.startswith(f"{part}/{name}/")]:
+                        entry[key] = tensors[f"{part}/{name}/{key}"]
+                    if "bank" in fields:
+                        entry["bank"] = [tensors[f"{part}/{name}/bank{i}"] for i in range(fields["bank"])]
+                    if "text_image" in fields:
+                        entry["text_image"] = np.asarray(fields["text_image"])
+                    out[part][name] = entry
+            return out["train"], out["evals"]
+    train, evals = load_data(model, tokenizer, clip, data_root, limit)
+    flat: dict[str, torch.Tensor] = {}
+    sets: dict[str, dict[str, dict[str, Any]]] = {"train": {}, "evals": {}}
+    for part, group in (("train", train), ("evals", evals)):
+        for name, entry in group.items():
+            fields: dict[str, Any] = {}
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor):
+                    flat[f"{part}/{name}/{key}"] = value.contiguous()
+                elif key == "bank":
+                    fields["bank"] = len(value)
+                    flat |= {f"{part}/{name}/bank{i}": t.contiguous() for i, t in enumerate(value)}
+                elif isinstance(value, np.ndarray):
+                    fields[key] = value.tolist()
+                else:
+                    fields[key] = value
+            sets[part][name] = fields
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file(flat, str(tensors_file))
+    rest_file.write_text(json.dumps({"key": [str(data_root), limit], "sets": sets}))
+    return train, evals
+
+
 def make_optimizer(model: Any, lr: float, weight_decay: float, projection_lr: float) -> torch.optim.Optimizer:
     """SGD over the image tower and the text projection (slower, no decay), from stage 1's values.
 
@@ -339,12 +386,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     clip = ClipModel("mini", model, tokenizer, torch.device("cpu"), "fp32")
     started = time.time()
-    data, evals = load_data(model, tokenizer, clip, args.data, args.limit_per_class)
+    data, evals = cached_data(model, tokenizer, clip, args.data, args.limit_per_class, args.work / "data-cache")
     print(json.dumps({"loaded_s": round(time.time() - started, 1), **{k: len(v["images"]) for k, v in data.items()}}))
     total = sum(args.shares)
     shares = {name: round(args.batch_size * s / total) for name, s in zip(("eurosat", "ucmerced", "aid"), args.shares)}
     optimizer = make_optimizer(model, args.lr, args.weight_decay, args.projection_lr)
-    scheduler: LRScheduler = warmup_cosine(optimizer, args.warmup_steps, args.epochs * args.steps_per_epoch)
+    total_steps = args.epochs * args.steps_per_epoch
+
+    def rate(step: int) -> float:
+        """Linear warm-up, then cosine decay to zero at ``total_steps`` (a function of the step alone)."""
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler: LRScheduler = LambdaLR(optimizer, rate)
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, float]] = []
@@ -354,7 +410,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state = torch.load(state_file, weights_only=True)
         model.load_state_dict(load_file(str(work / f"epoch{state['epoch']:02d}.safetensors")), strict=False)
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        # The schedule is a function of the step: a resumed run may change --epochs (the decay is
+        # then stretched or shortened from here on).
+        scheduler = LambdaLR(optimizer, rate, last_epoch=-1)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * rate(int(state["epoch"]) * args.steps_per_epoch)
+        scheduler.last_epoch = int(state["epoch"]) * args.steps_per_epoch
         generator.set_state(state["generator"])
         history = json.loads((work / "history.json").read_text())
         first_epoch = int(state["epoch"])
@@ -394,7 +455,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "epoch": epoch + 1,
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(),
             },
             state_file,
