@@ -12,7 +12,7 @@ from rasterio.transform import Affine
 from geobimors.embeddings.embed import resolved_gsd
 from geobimors.errors import InputError
 from geobimors.models import mini
-from geobimors.models.bundled import declared_gsd_range
+from geobimors.models.bundled import declared_gsd_range, declared_native_upsampling
 from geobimors.raster.scene import open_scene
 from geobimors.run.plan import MapSettings, default_gsd, plan_reading
 
@@ -31,9 +31,10 @@ def test_mini_declares_its_trained_range() -> None:
     # the registry and the model's own config (read by loaders that do not import geobimors) agree
     config = json.loads(mini.CONFIG_PATH.read_text())["geobimors"]
     assert tuple(config["gsd_range"]) == (low, high) and low <= config["native_gsd"] <= high
+    assert config["native_upsampling"] == declared_native_upsampling("mini")
 
 
-@pytest.mark.parametrize(("metres", "expected"), [(0.6, 0.6), (5.0, 5.0), (28.5, 28.5), (0.1, 0.6), (60.0, 30.0)])
+@pytest.mark.parametrize(("metres", "expected"), [(0.6, 0.6), (5.0, 5.0), (10.0, 10.0), (28.5, 10.0), (0.1, 0.6), (45.0, 30.0), (60.0, 30.0)])
 def test_scene_resolution_moved_into_the_range(tmp_path: Path, metres: float, expected: float) -> None:
     scene = open_scene(str(scene_at(tmp_path, metres)))
     assert default_gsd(scene, "mini") == pytest.approx(expected)

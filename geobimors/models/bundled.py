@@ -32,6 +32,9 @@ class BundledModel:
         gsd_range: (finest, coarsest) ground resolution in metres per model-input pixel that the
             model was trained on; ``map`` and ``embed`` resample a scene to the nearest resolution
             in this range (``None``: always to ``gsd``).
+        native_upsampling: scenes coarser than ``gsd`` by up to this factor are still resampled
+            to ``gsd`` (the model was trained on chips blurred that much: mini's 10 m chips imaged
+            at 10-30 m), coarser ones go to the nearest resolution in ``gsd_range``.
     """
 
     name: str
@@ -40,6 +43,7 @@ class BundledModel:
     gsd: float
     description: str
     gsd_range: tuple[float, float] | None = None
+    native_upsampling: float = 1.0
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -53,6 +57,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
             "(0.6-30 m), frozen MiniLM-L6 text"
         ),
         gsd_range=(0.6, 30.0),
+        native_upsampling=3.0,
     ),
 }
 
@@ -86,3 +91,8 @@ def declared_geometry(name: str) -> tuple[int, float]:
 def declared_gsd_range(name: str) -> tuple[float, float] | None:
     """(finest, coarsest) ground resolution in m/px a bundled model was trained on, if it declares one."""
     return _get(name).gsd_range
+
+
+def declared_native_upsampling(name: str) -> float:
+    """How many times coarser than its native resolution a scene may be and still be resampled to it."""
+    return _get(name).native_upsampling

@@ -223,10 +223,13 @@ def default_gsd(scene: SceneInfo, model: str, quiet: bool = False) -> float | No
     """The chip resolution (m/px) used when ``--gsd`` is not given; ``None``: the scene's own.
 
     A model that declares the range of ground resolutions it was trained on gets the scene's
-    resolution moved into that range (a 0.6 m aerial photo stays at 0.6 m, a 300 m scene goes to
-    the coarsest trained resolution, but is never upsampled more than ``MAX_DEFAULT_UPSAMPLING``
-    times, with a warning unless ``quiet``); a model that declares only a native resolution gets
-    that; other models and scenes without a CRS keep the scene's resolution.
+    resolution moved into that range: a 0.6 m aerial photo stays at 0.6 m, a 0.1 m drone image
+    goes to the finest trained resolution; a scene a little coarser than the native resolution
+    (up to the model's ``native_upsampling``: a 28.5 m Landsat scene for mini's 10 m) goes to the
+    native one, as the model was trained on such blurred chips; a coarser one to the nearest
+    trained resolution, but never upsampled more than ``MAX_DEFAULT_UPSAMPLING`` times (with a
+    warning unless ``quiet``). A model that declares only a native resolution gets that; other
+    models and scenes without a CRS keep the scene's resolution.
     """
     from geobimors.models import bundled
 
@@ -235,11 +238,13 @@ def default_gsd(scene: SceneInfo, model: str, quiet: bool = False) -> float | No
     _, native_gsd = model_defaults(model)
     source = resolve_model_name(model)
     gsd_range = bundled.declared_gsd_range(source.arch) if source.kind == "bundled" else None
-    if gsd_range is None:
+    if gsd_range is None or native_gsd is None:
         return native_gsd
     per_x, per_y = metres_per_unit(scene, quiet=True)
     scene_gsd = min(scene.pixel_size[0] * per_x, scene.pixel_size[1] * per_y)
     finest, coarsest = gsd_range
+    if native_gsd < scene_gsd <= native_gsd * bundled.declared_native_upsampling(source.arch):
+        return native_gsd
     gsd = min(max(scene_gsd, finest), coarsest)
     if scene_gsd / gsd > MAX_DEFAULT_UPSAMPLING:
         gsd = scene_gsd / MAX_DEFAULT_UPSAMPLING
