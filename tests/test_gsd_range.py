@@ -34,7 +34,9 @@ def test_mini_declares_its_trained_range() -> None:
     assert config["native_upsampling"] == declared_native_upsampling("mini")
 
 
-@pytest.mark.parametrize(("metres", "expected"), [(0.6, 0.6), (5.0, 5.0), (10.0, 10.0), (28.5, 10.0), (0.1, 0.6), (45.0, 30.0), (60.0, 30.0)])
+@pytest.mark.parametrize(
+    ("metres", "expected"), [(0.6, 0.6), (5.0, 5.0), (10.0, 10.0), (28.5, 10.0), (0.1, 0.6), (45.0, 30.0), (60.0, 30.0)]
+)
 def test_scene_resolution_moved_into_the_range(tmp_path: Path, metres: float, expected: float) -> None:
     scene = open_scene(str(scene_at(tmp_path, metres)))
     assert default_gsd(scene, "mini") == pytest.approx(expected)
