@@ -88,7 +88,8 @@ chip_options = _options(
         "--gsd",
         default=None,
         help="Resample chips to this ground resolution in m/px; 'scene' keeps the scene's.  "
-        "[default: the model's native resolution if it declares one, else 'scene']",
+        "[default: the scene's resolution moved into the range the model was trained on (mini: 0.6-30 m), "
+        "or the model's native resolution, else 'scene']",
     ),
     click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 3,2,1), or one band for grey."),
     click.option(

@@ -43,7 +43,7 @@ from geobimors.raster.scaling import (
     percentile_range,
 )
 from geobimors.raster.scene import SceneInfo, select_bands
-from geobimors.run.plan import DEFAULT_MODEL, model_defaults
+from geobimors.run.plan import DEFAULT_MODEL, default_gsd, model_defaults
 from geobimors.run.store import label_columns
 from geobimors.vector.gpkg import chip_polygons
 
@@ -162,9 +162,9 @@ def classify(
     info = _scene_info(data)
     if info.crs is None:
         raise InputError("the DataArray has no CRS (.rio.crs); write one with .rio.write_crs('EPSG:XXXX')")
-    default_chip, native_gsd = model_defaults(model)
+    default_chip, _ = model_defaults(model)
     selection = select_bands(info, bands)
-    grid = build_grid(info, GridSpec.parse(chip_size or default_chip or 224, overlap, gsd or native_gsd))
+    grid = build_grid(info, GridSpec.parse(chip_size or default_chip or 224, overlap, gsd or default_gsd(info, model)))
     values = data.data if data.ndim == 3 else data.data[None]
     nodata = nodata if nodata is not None else info.nodata
     read = ReadSpec(info.path, grid, selection.indexes, None, nodata, min_valid)

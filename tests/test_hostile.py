@@ -682,10 +682,11 @@ HOSTILE_CASES = [
     ),
     Case("--max-chips 0", lambda t, m: [*base(t, m), "--max-chips", "0"], 2, ("--max-chips must be at least 1",)),
     Case(
-        "coarse scene upsampled to the model's GSD",
+        "coarse scene beyond the model's trained GSD range",
         lambda t, m: base(t, "mini", scene=coarse(t), **{"--chip-size": "64"}),
-        2,
-        ("upsampled 32x", "--gsd scene"),
+        0,
+        ("coarser than model mini was trained on (0.6-30 m/px)", "upsampled 4x to 75 m/px"),
+        output_expected=True,
     ),
     Case(
         "coarse scene with --gsd scene",

@@ -39,7 +39,7 @@ from geobimors.progress import Progress
 from geobimors.raster.read import ChipReader, ReadSpec
 from geobimors.raster.scene import SceneInfo
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
-from geobimors.run.plan import DEFAULT_MODEL, Batch, MapSettings, model_defaults, plan_reading
+from geobimors.run.plan import DEFAULT_MODEL, Batch, MapSettings, default_gsd, plan_reading
 from geobimors.run.store import RunLock, RunStore
 
 Executor = LocalExecutor | DistributedExecutor
@@ -260,7 +260,7 @@ def plan_embed(
         captioner = None
     model = settings.model or DEFAULT_MODEL
     scene, _, read, bands = plan_reading(settings, model)
-    gsd = resolved_gsd(settings, scene.crs is not None, model)
+    gsd = resolved_gsd(settings, scene, model)
     spec = EmbedderSpec(
         model,
         settings.device,
@@ -282,10 +282,10 @@ def normalisation(clip: ClipModel) -> dict[str, list[float]]:
     return {"mean": clip._mean.flatten().tolist(), "std": clip._std.flatten().tolist()}
 
 
-def resolved_gsd(settings: MapSettings, scene_has_crs: bool, model: str) -> float | None:
+def resolved_gsd(settings: MapSettings, scene: SceneInfo, model: str) -> float | None:
     """The ground resolution chips were resampled to (as ``plan_reading`` decides), ``None``: the scene's."""
-    if settings.gsd is None and not settings.keep_scene_gsd and scene_has_crs:
-        return model_defaults(model)[1]
+    if settings.gsd is None and not settings.keep_scene_gsd:
+        return default_gsd(scene, model, quiet=True)
     return settings.gsd
 
 
@@ -496,7 +496,7 @@ def map_store_meta(plan: Any, clip: ClipModel) -> StoreMeta:
         embedding_dim(clip),
         normalisation(clip),
         dtype="float32",
-        gsd=resolved_gsd(plan.settings, plan.scene.crs is not None, plan.classifier.model),
+        gsd=resolved_gsd(plan.settings, plan.scene, plan.classifier.model),
         precision=plan.settings.precision,
         captioner=plan.captioner.name if plan.captioner is not None else None,
     )

@@ -29,6 +29,12 @@ class BundledModel:
         chip_size: chip edge in pixels at ``gsd`` that the model expects.
         gsd: native ground resolution in metres per pixel.
         description: one line for listings.
+        gsd_range: (finest, coarsest) ground resolution in metres per model-input pixel that the
+            model was trained on; ``map`` and ``embed`` resample a scene to the nearest resolution
+            in this range (``None``: always to ``gsd``).
+        native_upsampling: scenes coarser than ``gsd`` by up to this factor are still resampled
+            to ``gsd`` (the model was trained on chips blurred that much: mini's 10 m chips imaged
+            at 10-30 m), coarser ones go to the nearest resolution in ``gsd_range``.
     """
 
     name: str
@@ -36,6 +42,8 @@ class BundledModel:
     chip_size: int
     gsd: float
     description: str
+    gsd_range: tuple[float, float] | None = None
+    native_upsampling: float = 1.0
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -44,7 +52,12 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         loader="geobimors.models.mini:load_mini",
         chip_size=64,
         gsd=10.0,
-        description="geobimors-mini: ResNet-10-T image tower trained on EuroSAT RGB (10 m), frozen MiniLM-L6 text",
+        description=(
+            "geobimors-mini: ResNet-10-T image tower trained on EuroSAT, UC Merced, AID and UCM-Captions "
+            "(0.6-30 m), frozen MiniLM-L6 text"
+        ),
+        gsd_range=(0.6, 30.0),
+        native_upsampling=3.0,
     ),
 }
 
@@ -73,3 +86,13 @@ def declared_geometry(name: str) -> tuple[int, float]:
     """(chip size in px, native GSD in m/px) of a bundled model."""
     model = _get(name)
     return model.chip_size, model.gsd
+
+
+def declared_gsd_range(name: str) -> tuple[float, float] | None:
+    """(finest, coarsest) ground resolution in m/px a bundled model was trained on, if it declares one."""
+    return _get(name).gsd_range
+
+
+def declared_native_upsampling(name: str) -> float:
+    """How many times coarser than its native resolution a scene may be and still be resampled to it."""
+    return _get(name).native_upsampling

@@ -207,8 +207,12 @@ def window_corners(transform: Affine, windows: np.ndarray) -> tuple[np.ndarray, 
     return t.a * cols + t.b * rows + t.c, t.d * cols + t.e * rows + t.f
 
 
-def metres_per_unit(info: SceneInfo) -> tuple[float, float]:
+def metres_per_unit(info: SceneInfo, quiet: bool = False) -> tuple[float, float]:
     """Metres per CRS unit along x and y at the scene (approximate for geographic CRSs).
+
+    Args:
+        info: the scene.
+        quiet: do not warn that a geographic CRS's units are converted at the scene centre.
 
     Raises:
         InputError: if the scene has no CRS.
@@ -229,10 +233,11 @@ def metres_per_unit(info: SceneInfo) -> tuple[float, float]:
                 "to degrees; give --chip-size, --overlap and --gsd in pixels, or reproject the scene to a polar "
                 "projection (gdalwarp -t_srs EPSG:3413 or EPSG:3031)"
             )
-        warn(
-            f"scene {info.name} is in a geographic CRS: ground units are converted to degrees "
-            f"at the scene centre (latitude {lat:.2f}); chips are not square on the ground away from it"
-        )
+        if not quiet:
+            warn(
+                f"scene {info.name} is in a geographic CRS: ground units are converted to degrees "
+                f"at the scene centre (latitude {lat:.2f}); chips are not square on the ground away from it"
+            )
         return per_x, per_y
     factor = crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
     return float(factor), float(factor)
@@ -330,6 +335,6 @@ def _chip_too_large(info: SceneInfo, spec: GridSpec, chip_w: int, chip_h: int) -
     return (
         f"chip size {spec.chip_size} at {spec.gsd:g} m/px covers {ground:g} m, {chip_w} x {chip_h} px of the "
         f"{ground / chip_w:.2g} m/px {scene}: larger than the scene. Chips are resampled to {spec.gsd:g} m/px "
-        "(the model's native resolution unless --gsd is given); pass --gsd scene to keep the scene's resolution, "
+        "(chosen for the model unless --gsd is given); pass --gsd scene to keep the scene's resolution, "
         "a smaller --chip-size, or a model made for aerial imagery (e.g. --model ViT-B-16:openai)"
     )

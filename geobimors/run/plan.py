@@ -17,7 +17,7 @@ from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import resolve_model_name
-from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid
+from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid, metres_per_unit
 from geobimors.raster.read import ReadSpec
 from geobimors.raster.safety import is_user_url, network_guard
 from geobimors.raster.scaling import scene_scale_range
@@ -65,9 +65,10 @@ class MapSettings:
         model: model name.
         chip_size: chip size (``224``, ``640m``); ``None`` uses the model's default.
         overlap: overlap between chips (pixels or ground units).
-        gsd: target ground resolution in m/px; ``None`` uses the model's native
-            resolution when it declares one, else the scene's.
-        keep_scene_gsd: never resample to the model's native resolution.
+        gsd: target ground resolution in m/px; ``None`` picks one for the model
+            (:func:`default_gsd`: the scene's resolution moved into the range the
+            model was trained on, or its native resolution), else the scene's.
+        keep_scene_gsd: never resample (``--gsd scene``).
         bands: 1-based band indexes (3 for RGB, 1 for grey); ``None`` chooses.
         scale_range: manual 8-bit scaling range (``MIN,MAX`` or six numbers).
         percentiles: percentiles for automatic scaling of non-8-bit data.
@@ -218,6 +219,43 @@ def model_defaults(model: str) -> tuple[int | None, float | None]:
     return None, None
 
 
+def default_gsd(scene: SceneInfo, model: str, quiet: bool = False) -> float | None:
+    """The chip resolution (m/px) used when ``--gsd`` is not given; ``None``: the scene's own.
+
+    A model that declares the range of ground resolutions it was trained on gets the scene's
+    resolution moved into that range: a 0.6 m aerial photo stays at 0.6 m, a 0.1 m drone image
+    goes to the finest trained resolution; a scene a little coarser than the native resolution
+    (up to the model's ``native_upsampling``: a 28.5 m Landsat scene for mini's 10 m) goes to the
+    native one, as the model was trained on such blurred chips; a coarser one to the nearest
+    trained resolution, but never upsampled more than ``MAX_DEFAULT_UPSAMPLING`` times (with a
+    warning unless ``quiet``). A model that declares only a native resolution gets that; other
+    models and scenes without a CRS keep the scene's resolution.
+    """
+    from geobimors.models import bundled
+
+    if scene.crs is None:
+        return None
+    _, native_gsd = model_defaults(model)
+    source = resolve_model_name(model)
+    gsd_range = bundled.declared_gsd_range(source.arch) if source.kind == "bundled" else None
+    if gsd_range is None or native_gsd is None:
+        return native_gsd
+    per_x, per_y = metres_per_unit(scene, quiet=True)
+    scene_gsd = min(scene.pixel_size[0] * per_x, scene.pixel_size[1] * per_y)
+    finest, coarsest = gsd_range
+    if native_gsd < scene_gsd <= native_gsd * bundled.declared_native_upsampling(source.arch):
+        return native_gsd
+    gsd = min(max(scene_gsd, finest), coarsest)
+    if scene_gsd / gsd > MAX_DEFAULT_UPSAMPLING:
+        gsd = scene_gsd / MAX_DEFAULT_UPSAMPLING
+        if not quiet:
+            warn(
+                f"scene {scene.name} ({scene_gsd:.3g} m/px) is coarser than model {model} was trained on "
+                f"({finest:g}-{coarsest:g} m/px): chips are upsampled {MAX_DEFAULT_UPSAMPLING:g}x to {gsd:.3g} m/px"
+            )
+    return float(gsd)
+
+
 def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid, ReadSpec, str]:
     """Open the scene and work out its chip grid and how to read chips (no labels needed).
 
@@ -232,7 +270,7 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     low, high = settings.percentiles
     if not 0.0 <= low < high <= 100.0:
         raise InputError(f"--percentiles {low:g},{high:g}: expected 0 <= LOW < HIGH <= 100, such as 2,98")
-    default_chip, native_gsd = model_defaults(model)
+    default_chip, _ = model_defaults(model)
     if settings.max_chips < 1:
         raise InputError(f"--max-chips must be at least 1, got {settings.max_chips}")
     scene = open_scene(
@@ -245,8 +283,8 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     selection = select_bands(scene, settings.bands)
     chip_size = settings.chip_size if settings.chip_size is not None else (default_chip or 224)
     gsd = settings.gsd
-    if gsd is None and not settings.keep_scene_gsd and scene.crs is not None:
-        gsd = native_gsd
+    if gsd is None and not settings.keep_scene_gsd:
+        gsd = default_gsd(scene, model)
     grid = build_grid(scene, GridSpec.parse(chip_size, settings.overlap, gsd))
     _check_chip_edge(scene, grid)
     _check_upsampling(scene, grid, model, chosen_by_user=settings.gsd is not None)

