@@ -131,7 +131,8 @@ def test_a_real_run_on_two_rasters(iface, small_scene: Path, tmp_path: Path) -> 
     from osgeo import gdal
 
     # Two rasters side by side (the overlap rule would keep one scene's chips where they overlap).
-    width, height = gdal.Open(str(small_scene)).RasterXSize, gdal.Open(str(small_scene)).RasterYSize
+    source = gdal.Open(str(small_scene))
+    width, height = source.RasterXSize, source.RasterYSize
     first, second = tmp_path / "west.tif", tmp_path / "east.tif"
     assert gdal.Translate(str(first), str(small_scene), srcWin=[0, 0, width // 2, height]) is not None
     assert gdal.Translate(str(second), str(small_scene), srcWin=[width // 2, 0, width - width // 2, height]) is not None
