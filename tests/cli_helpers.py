@@ -48,6 +48,15 @@ def wait_for_parts(parts: Path, count: int, running: Callable[[], bool], timeout
     assert running(), "the run finished before it could be interrupted"
 
 
+def throttled(command: list[str], fast: int, delay: float) -> list[str]:
+    """``command`` (a console-script or ``-m geobimors.cli`` command) with every chip read after
+    the first ``fast`` batches held back ``delay`` seconds (``tests/throttled_cli.py``): a run that
+    a test can interrupt after ``fast`` stored batches, however loaded the machine."""
+    start = 3 if command[1:3] == ["-m", "geobimors.cli"] else 1
+    script = str(Path(__file__).with_name("throttled_cli.py"))
+    return [sys.executable, script, str(fast), str(delay), *command[start:]]
+
+
 def map_command(scene: Path, labels: Path | str, model: str, out: Path) -> list[str]:
     """The console-script command of a 16 px chip run (for runs in a subprocess)."""
     exe = str(Path(sys.executable).with_name("geobimors"))

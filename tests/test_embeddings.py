@@ -23,7 +23,7 @@ from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import load_model
 from geobimors.run.store import RunLock
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, throttled
 from conftest import SHARED_DATA
 from rasters import make_geotiff, random_rgb
 from tiny_models import make_tiny_clip_dir
@@ -138,17 +138,18 @@ def test_float16_store_agrees_with_map_on_a_real_scene(capsys: pytest.CaptureFix
 
 @pytest.mark.slow
 def test_embed_resumes_after_kill_9_to_an_identical_file(tiny_model: str, tmp_path: Path) -> None:
-    source = make_geotiff(tmp_path / "big.tif", random_rgb(384, 384, seed=3))
+    source = make_geotiff(tmp_path / "big.tif", random_rgb(128, 128, seed=3))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "geobimors.cli", "embed", str(source), "-m", tiny_model,
-                "--chip-size", "8", "--batch-size", "64", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
+                "--chip-size", "8", "--batch-size", "16", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
 
     clean = tmp_path / "clean.parquet"
     assert subprocess.run(command(clean), env=env, capture_output=True, text=True).returncode == 0
     out = tmp_path / "killed.parquet"
-    proc = subprocess.Popen(command(out), env=env, stderr=subprocess.PIPE, text=True)
+    # Reads after the third batch wait 10 s: the run is killed with 3 or 4 of 16 batches stored.
+    proc = subprocess.Popen(throttled(command(out), fast=3, delay=10), env=env, stderr=subprocess.PIPE, text=True)
     parts = Path(str(out) + ".partial")
     deadline = time.monotonic() + 120
     while len(list(parts.glob("embeddings-*.parquet"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
@@ -163,7 +164,7 @@ def test_embed_resumes_after_kill_9_to_an_identical_file(tiny_model: str, tmp_pa
     assert done.returncode == 0, done.stderr
     assert not parts.exists() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name or p.suffix == ".lock"]
     assert out.read_bytes() == clean.read_bytes()
-    assert open_store(out).n_rows == 48 * 48
+    assert open_store(out).n_rows == 16 * 16
 
 
 def test_embed_python_api_with_captions(tiny_model: str, tiny_blip: str, rgb_scene: Path, tmp_path: Path) -> None:

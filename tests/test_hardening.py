@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from geobimors.errors import InputError, ModelError
 from geobimors.labels import parse_labels
 
-from cli_helpers import CliResult, assert_one_line_error, map_command, run_cli, wait_for_parts
+from cli_helpers import CliResult, assert_one_line_error, map_command, run_cli, throttled, wait_for_parts
 from rasters import make_geotiff, random_rgb
 
 
@@ -530,19 +530,21 @@ def test_disk_full_while_writing(
 def test_signals_leave_a_resumable_run(
     sig: int, code: int, word: str, capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
 ) -> None:
-    source = make_geotiff(tmp_path / "big.tif", random_rgb(512, 512))
+    source = make_geotiff(tmp_path / "big.tif", random_rgb(256, 256))
     out = tmp_path / "out.gpkg"
     args = map_command(source, labels(tmp_path), tiny_model, out)
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # Reads after the third batch wait 0.5 s: the run is still going when the signal lands.
+    command = throttled(args, fast=3, delay=0.5)
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     parts = Path(str(out) + ".partial")
     wait_for_parts(parts, 3, lambda: proc.poll() is None)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == code and word in err and "Traceback" not in err
+    assert proc.returncode == code and word in err and "Traceback" not in err, (proc.returncode, err)
     assert not out.exists() and parts.is_dir()
     done = run_cli(capsys, *args[1:])  # resumed in this process (a new start costs seconds)
     assert done.exit_code == 0 and out.exists() and not parts.exists()
-    assert len(gpd.read_file(out, layer="chips")) == 32 * 32
+    assert len(gpd.read_file(out, layer="chips")) == 16 * 16
 
 
 @settings(max_examples=200, deadline=None)

@@ -21,7 +21,7 @@ import geobimors
 from geobimors.embeddings.store import open_store
 from geobimors.vector.overlap import overlap_losers
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import assert_one_line_error, run_cli, throttled
 from rasters import make_geotiff, random_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,7 +320,7 @@ def test_killed_run_resumes_and_added_scenes_map_only_the_new(
     tiny_model: str, labels_file: Path, tmp_path: Path
 ) -> None:
     scenes = [
-        make_geotiff(tmp_path / f"s{i}.tif", random_rgb(256, 256, seed=i), transform=origin(500_000 + 1920 * i))
+        make_geotiff(tmp_path / f"s{i}.tif", random_rgb(128, 128, seed=i), transform=origin(500_000 + 960 * i))
         for i in range(4)
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -329,7 +329,9 @@ def test_killed_run_resumes_and_added_scenes_map_only_the_new(
     assert done.returncode == 0, done.stderr
     out = tmp_path / "out.gpkg"
     partial = Path(str(out) + ".partial")
-    proc = subprocess.Popen(_command(tiny_model, labels_file, out, *scenes[:3]), env=env, stderr=subprocess.PIPE)
+    # Reads after the 20th batch (of 48) wait 10 s: the run is killed with 20 or 21 batches stored.
+    command = throttled(_command(tiny_model, labels_file, out, *scenes[:3]), fast=20, delay=10)
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while len(list(partial.glob("scene-*/batch-*.parquet"))) < 20 and proc.poll() is None:
         assert time.monotonic() < deadline
@@ -347,7 +349,7 @@ def test_killed_run_resumes_and_added_scenes_map_only_the_new(
     assert f"resumed: {stored * 16} chips" in resumed.stdout
     assert not partial.exists() and not Path(str(out) + ".lock").exists()
     x, y = chips(clean), chips(out)
-    assert len(x) > 3 * 1024 and x.drop(columns="geometry").equals(y.drop(columns="geometry"))
+    assert len(x) > 3 * 256 and x.drop(columns="geometry").equals(y.drop(columns="geometry"))
     assert all(p.equals_exact(q, 0) for p, q in zip(x.geometry, y.geometry))
 
 
@@ -463,19 +465,20 @@ def test_a_scene_that_fails_while_running_is_reported(
 @pytest.mark.slow
 def test_killed_embed_dataset_resumes_per_scene_to_identical_files(tiny_model: str, tmp_path: Path) -> None:
     scenes = [
-        make_geotiff(tmp_path / f"s{i}.tif", random_rgb(256, 256, seed=i), transform=origin(500_000 + 3000 * i))
+        make_geotiff(tmp_path / f"s{i}.tif", random_rgb(128, 128, seed=i), transform=origin(500_000 + 3000 * i))
         for i in range(3)
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "geobimors.cli", "embed", *map(str, scenes), "-m", tiny_model,
-                "--chip-size", "8", "--batch-size", "64", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
+                "--chip-size", "8", "--batch-size", "16", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
 
     clean = tmp_path / "clean"
     assert subprocess.run(command(clean), env=env, capture_output=True, text=True).returncode == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(out), env=env, stderr=subprocess.PIPE)
+    # Reads after s0's 16 batches and s1's first wait 10 s: killed while s1 is under way.
+    proc = subprocess.Popen(throttled(command(out), fast=17, delay=10), env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not list(out.glob("s1.parquet.partial/embeddings-*.parquet")) and proc.poll() is None:
         assert time.monotonic() < deadline

@@ -113,11 +113,22 @@ def caption_bank(model: Any, tokenizer: Any, classes: list[str]) -> list[torch.T
     bank = []
     for name in classes:
         captions = [t.format(s) for s in TRAIN_SYNONYMS[name] for t in TRAIN_TEMPLATES]
-        tokens = tokenizer(captions)
-        attention = (tokens != model.text.config.pad_token_id).long()
+        tokens, attention = unpadded(tokenizer(captions), model.text.config.pad_token_id)
         out = model.text.transformer(input_ids=tokens, attention_mask=attention)
         bank.append(model.text.pooler(out, attention))
     return bank
+
+
+def unpadded(tokens: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids cut to the longest text of the batch, and their attention mask.
+
+    The tokenizer pads every text to the 77-token context; the captions here are 5-20 tokens.
+    Padding is masked out of attention and of the mean pooling, so cutting it changes nothing
+    but the time (several times less).
+    """
+    attention = (tokens != pad_token_id).long()
+    length = int(attention.sum(1).max())
+    return tokens[:, :length], attention[:, :length]
 
 
 @torch.no_grad()
