@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -474,9 +474,11 @@ def _task_error(plan: EmbedPlan, outcome: Outcome) -> GeobimorsError:
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class EmbeddingsRequest:
     """``map --embeddings``: write the store as a by-product of the map pass.
+
+    The map pipeline drives it through :class:`geobimors.run.byproduct.ByProduct`.
 
     Attributes:
         path: the ``.parquet`` store to write.
@@ -485,6 +487,29 @@ class EmbeddingsRequest:
 
     path: Path
     dtype: str = "float16"
+    part_kind: str = EMBEDDING_PARTS
+    _meta: StoreMeta | None = field(default=None, init=False, repr=False)
+
+    def check(self, overwrite: bool) -> Path:
+        """Fail before any work if the store cannot be written at :attr:`path`."""
+        return check_store_output(self.path, overwrite)
+
+    def start(self, plan: Any, clip: ClipModel) -> None:
+        """Take the store's metadata from the plan and the loaded model."""
+        self._meta = map_store_meta(plan, clip)
+
+    def rows(self, result: Any) -> pa.Table:
+        """Store rows (float32 parts) of a map task's :class:`~geobimors.run.tasks.BatchResult`."""
+        return batch_rows(self._started(), result)
+
+    def finish(self, store: RunStore, overwrite: bool) -> None:
+        """Write the store, whole, from the parts kept in the map run's store."""
+        assemble_store(store, self.path, replace(self._started(), dtype=self.dtype), overwrite)
+
+    def _started(self) -> StoreMeta:
+        if self._meta is None:
+            raise RuntimeError("EmbeddingsRequest.start() was not called")  # a pipeline bug, not an input error
+        return self._meta
 
 
 def map_store_meta(plan: Any, clip: ClipModel) -> StoreMeta:

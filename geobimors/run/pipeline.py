@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from geobimors.embeddings.embed import EMBEDDING_PARTS, EmbeddingsRequest, assemble_store, batch_rows, map_store_meta
-from geobimors.embeddings.store import check_store_output
 from geobimors.errors import GeobimorsError, RunError
 from geobimors.heads.classifier import get_classifier
 from geobimors.labels import short_label
 from geobimors.progress import Progress
+from geobimors.run.byproduct import ByProduct
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
 from geobimors.run.plan import ScenePlan, check_output_safety
 from geobimors.run.store import RunLock, RunStore, captions_table, label_columns, result_table
@@ -271,7 +270,7 @@ def map_to_file(
     progress_mode: str = "bar",
     executor: Executor | None = None,
     on_start: Callable[[Executor], None] | None = None,
-    embeddings: EmbeddingsRequest | None = None,
+    embeddings: ByProduct | None = None,
 ) -> RunSummary:
     """Run a plan and write the labeled chips to a GeoPackage.
 
@@ -289,7 +288,8 @@ def map_to_file(
         progress_mode: ``bar``, ``jsonl`` or ``none``.
         executor: where tasks run (in-process threads by default).
         on_start: called with the executor once the model is loaded (e.g. to print the dashboard link).
-        embeddings: also write the chips' embeddings store (GeoParquet) from the same image pass.
+        embeddings: also write the chips' embeddings store (GeoParquet) from the same image pass
+            (:class:`geobimors.embeddings.embed.EmbeddingsRequest`).
 
     Returns:
         The run summary.
@@ -297,11 +297,10 @@ def map_to_file(
     start = time.monotonic()
     out = check_output(output, overwrite)
     check_output_safety(out, plan.settings)
-    store_out = check_store_output(embeddings.path, overwrite) if embeddings is not None else None
+    store_out = embeddings.check(overwrite) if embeddings is not None else None
     summary = RunSummary(plan, output=out)
     executor = executor or LocalExecutor()
     with RunLock(out), RunLock(store_out) if store_out is not None else contextlib.nullcontext():
-        meta = None
         if isinstance(executor, LocalExecutor) or embeddings is not None:
             loading = time.monotonic()
             local = plan.classifier
@@ -309,7 +308,7 @@ def map_to_file(
                 local = dataclasses.replace(local, device="cpu")  # only for the store's metadata
             classifier = get_classifier(local)  # a bad model fails before a store is created
             if embeddings is not None:
-                meta = map_store_meta(plan, classifier.clip)
+                embeddings.start(plan, classifier.clip)
             summary.load_seconds = time.monotonic() - loading
         store = RunStore.open(out, plan.fingerprint(), restart=restart)
         if on_start is not None:
@@ -325,11 +324,10 @@ def map_to_file(
                 progress_mode,
             )
         done = store.done()
-        if meta is not None:
-            done &= store.done(EMBEDDING_PARTS)  # batches stored without their embeddings run again
+        if embeddings is not None:
+            done &= store.done(embeddings.part_kind)  # batches stored without their embeddings run again
         summary.resumed_chips = sum(plan.batch(i).stop - plan.batch(i).start for i in done)
         class_names = plan.classifier.class_names
-        store_meta = meta
         progress = _classify_all(
             plan,
             executor,
@@ -339,13 +337,13 @@ def map_to_file(
             captions=captions,
             initial=summary.resumed_chips,
             on_result=(
-                (lambda r: store.write(r.batch.index, batch_rows(store_meta, r), EMBEDDING_PARTS))
-                if store_meta is not None
+                (lambda r: store.write(r.batch.index, embeddings.rows(r), embeddings.part_kind))
+                if embeddings is not None
                 else None
             ),
         )
-        if embeddings is not None and store_out is not None and meta is not None:
-            assemble_store(store, store_out, dataclasses.replace(meta, dtype=embeddings.dtype), overwrite)
+        if embeddings is not None:
+            embeddings.finish(store, overwrite)
         columns = _output_columns(plan)
         extra = _extra_columns(plan)
         transform, crs = plan.scene.transform, plan.scene.crs
