@@ -997,17 +997,19 @@ print(json.dumps([chips.label.tolist(), [round(float(s), 5) for s in chips.score
 def test_random_models_are_the_same_in_every_process(tmp_path: Path) -> None:
     source = make_geotiff(tmp_path / "s.tif", random_rgb(64, 64))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    outs = [
-        subprocess.run(
+    procs = [  # two processes at once: each spends its seconds building the model
+        subprocess.Popen(
             [sys.executable, "-c", DETERMINISM_RUNNER, str(source), seed],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env={**env, "PYTHONHASHSEED": seed},
         )
         for seed in ("1", "2")
     ]
-    assert all(o.returncode == 0 for o in outs), [o.stderr[-2000:] for o in outs]
-    first, second = (json.loads(o.stdout.strip().splitlines()[-1]) for o in outs)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    first, second = (json.loads(out.strip().splitlines()[-1]) for out, _ in outs)
     assert first == second and len(first[0]) == 4
 
 
