@@ -966,7 +966,7 @@ def evaluate_command(
     retrieval = task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl"))
     if not retrieval and (views != 1 or view_blend is not None or caption_guidance is not None):
         raise InputError("--views, --view-blend and --caption-guidance apply to --task retrieval only; drop them")
-    check_retrieval_options(views, view_blend, caption_guidance)
+    check_retrieval_options(views, view_blend, caption_guidance, captioner)
     if task == "captioning":
         if head_path is not None:
             raise InputError("--task captioning scores a captioner (--captioner); drop --head")

@@ -226,14 +226,18 @@ def _hit_probability(above: np.ndarray, tied_wrong: np.ndarray, tied_own: np.nda
 
 #: Allowed ``views`` of :func:`evaluate_retrieval`: the full image; + its four quadrants; + its centre crop.
 VIEW_COUNTS = (1, 5, 6)
+NO_CAPTIONER = "none"  # geobimors.models.captions.NO_CAPTIONER, without importing torch here
+CAPTIONER_NONE = "--caption-guidance needs captions: name a captioner (--captioner mini), not 'none'"
 
 
-def check_retrieval_options(views: int, view_blend: float | None, caption_guidance: float | None) -> None:
+def check_retrieval_options(
+    views: int, view_blend: float | None, caption_guidance: float | None, captioner: str = "mini"
+) -> None:
     """Refuse bad multi-view and caption-guidance settings with a one-line message.
 
     Raises:
-        InputError: ``views`` not in :data:`VIEW_COUNTS`, a weight outside 0..1 (or NaN), or a
-            view blend without sub-views.
+        InputError: ``views`` not in :data:`VIEW_COUNTS`, a weight outside 0..1 (or NaN), a
+            view blend without sub-views, or caption guidance without a captioner.
     """
     if views not in VIEW_COUNTS:
         raise InputError(
@@ -245,6 +249,8 @@ def check_retrieval_options(views: int, view_blend: float | None, caption_guidan
             raise InputError(f"{name} must be a weight between 0 and 1, got {value}")
     if view_blend is not None and views == 1:
         raise InputError("--view-blend weighs the sub-views against the full image: pass --views 5 or 6 with it")
+    if caption_guidance is not None and captioner == NO_CAPTIONER:
+        raise InputError(CAPTIONER_NONE)
 
 
 def view_crops(chips: np.ndarray, views: int) -> list[np.ndarray]:
@@ -335,10 +341,10 @@ def load_retrieval_captioner(name: str, device: str = "auto", precision: str = "
     Returns:
         An object whose ``caption(chips)`` returns one caption per (H, W, 3) uint8 chip.
     """
-    from geobimors.models.captions import NO_CAPTIONER, CaptionerSpec, load_captioner
+    from geobimors.models.captions import CaptionerSpec, load_captioner
 
     if name == NO_CAPTIONER:
-        raise InputError("--caption-guidance needs captions: name a captioner (--captioner mini), not 'none'")
+        raise InputError(CAPTIONER_NONE)
     return load_captioner(CaptionerSpec(name, max_new_tokens=16, num_beams=3), device, precision)
 
 
@@ -382,7 +388,7 @@ def evaluate_retrieval(
     from geobimors.models.clip import load_model
     from geobimors.raster.images import read_rgb
 
-    check_retrieval_options(views, view_blend, caption_guidance)
+    check_retrieval_options(views, view_blend, caption_guidance, captioner)
     data = load_caption_set(captions, split, images_root)
     clip = load_model(model, device, precision)
     guide = load_retrieval_captioner(captioner, device, precision) if caption_guidance is not None else None
