@@ -65,7 +65,7 @@ def view_name(views: int, blend: float | None) -> str:
     return f"--views {views}" + ("" if blend is None else f" --view-blend {blend}")
 
 
-def split_features(clip: Any, split: str, model: str, captioner: str, batch: int) -> dict[str, Any]:
+def split_features(clip: Any, split: str, captioner: str, batch: int) -> dict[str, Any]:
     """Per-view image-text similarities, caption-text similarities and caption owners of one split."""
     data = load_caption_set(CAPTIONS, split)
     guide = load_retrieval_captioner(captioner, "cpu")
@@ -113,9 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clip = load_model(args.model, "cpu")
-    feats = {
-        split: split_features(clip, split, args.model, args.captioner, args.batch_size) for split in ("val", "test")
-    }
+    feats = {split: split_features(clip, split, args.captioner, args.batch_size) for split in ("val", "test")}
 
     # 1. views alone (no guidance): choose on val
     views_table = {
