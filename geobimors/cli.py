@@ -346,8 +346,7 @@ def cli() -> None:
 @click.option(
     "--crs",
     default=None,
-    help="Several scenes: CRS of the output (EPSG:3035, WKT, PROJ).  [default: the scenes' common CRS, else "
-    "EPSG:4326]",
+    help="Several scenes: CRS of the output (EPSG:3035, WKT, PROJ).  [default: the scenes' common CRS, else EPSG:4326]",
 )
 @click.option(
     "--keep-overlaps",
@@ -887,7 +886,31 @@ def train_command(
     "--captioner",
     default="mini",
     show_default=True,
-    help="Captioning: the captioner to score (mini, or a BLIP / BLIP-2 checkpoint).",
+    help="Captioning: the captioner to score (mini, or a BLIP / BLIP-2 checkpoint). Retrieval with "
+    "--caption-guidance: the captioner whose captions guide it.",
+)
+@click.option(
+    "--views",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Retrieval: multi-perspective views of each image (MPS-CLIP): 1 the full image, 5 with its four "
+    "quadrants, 6 with its centre crop too; each view is resized to the model input and an image's similarity to "
+    "a text is the best of its views.",
+)
+@click.option(
+    "--view-blend",
+    type=float,
+    default=None,
+    help="Retrieval with --views 5/6: similarity = (1-B) x full view + B x best sub-view, instead of the best "
+    "of all views.",
+)
+@click.option(
+    "--caption-guidance",
+    type=float,
+    default=None,
+    help="Retrieval: keyword guidance weight W in 0..1: caption each image (--captioner) and rank by "
+    "(1-W) x image-text + W x caption-text similarity [default: off].",
 )
 @click.option("--limit-per-class", type=int, default=None, help="Evaluate at most N images per class.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --limit-per-class sampling.")
@@ -907,6 +930,9 @@ def evaluate_command(
     split: str,
     images_root: Path | None,
     captioner: str,
+    views: int,
+    view_blend: float | None,
+    caption_guidance: float | None,
     limit_per_class: int | None,
     seed: int,
     batch_size: int,
@@ -930,20 +956,39 @@ def evaluate_command(
     Examples:
       geobimors evaluate ../shared/data/eurosat_rgb --protocol base-to-new
       geobimors evaluate ucm_captions.jsonl --task retrieval --split test
+      geobimors evaluate ucm_captions.jsonl --task retrieval --views 5 --caption-guidance 0.3
     """
     from geobimors.train.api import evaluate_data
+    from geobimors.train.retrieval import check_retrieval_options, evaluate_retrieval
 
     if zero_shot and head_path is not None:
         raise InputError("--zero-shot and --head exclude each other")
+    retrieval = task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl"))
+    if not retrieval and (views != 1 or view_blend is not None or caption_guidance is not None):
+        raise InputError("--views, --view-blend and --caption-guidance apply to --task retrieval only; drop them")
+    check_retrieval_options(views, view_blend, caption_guidance, captioner)
     if task == "captioning":
         if head_path is not None:
             raise InputError("--task captioning scores a captioner (--captioner); drop --head")
         _evaluate_captioning(data, captioner, split, images_root, device, precision, json_path, quiet)
         return
-    if task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl")):
+    if retrieval:
         if head_path is not None:
             raise InputError("--task retrieval evaluates a CLIP model (--model); heads classify, drop --head")
-        _evaluate_retrieval(data, model or "mini", split, images_root, device, precision, batch_size, json_path, quiet)
+        report = evaluate_retrieval(
+            data,
+            model or "mini",
+            split,
+            images_root,
+            device,
+            precision,
+            batch_size,
+            views=views,
+            view_blend=view_blend,
+            caption_guidance=caption_guidance,
+            captioner=captioner,
+        )
+        _report_retrieval(report, data, json_path, quiet)
         return
     report = evaluate_data(
         data,
@@ -978,26 +1023,20 @@ def _write_json_report(report: dict[str, Any], path: Path) -> None:
     tmp.replace(path)
 
 
-def _evaluate_retrieval(
-    data: Path,
-    model: str,
-    split: str,
-    images_root: Path | None,
-    device: str,
-    precision: str,
-    batch_size: int,
-    json_path: Path | None,
-    quiet: bool,
-) -> None:
-    from geobimors.train.retrieval import RECALL_KS, evaluate_retrieval
+def _report_retrieval(report: dict[str, Any], data: Path, json_path: Path | None, quiet: bool) -> None:
+    from geobimors.train.retrieval import RECALL_KS
 
-    report = evaluate_retrieval(data, model, split, images_root, device, precision, batch_size)
     if json_path is not None:
         _write_json_report(report, json_path)
     if not quiet:
+        setting = f"{report['model']}, {report['views']} view{'s' if report['views'] > 1 else ''}"
+        if report["views"] > 1:
+            setting += f" ({report['view_aggregation']})"
+        if "caption_guidance" in report:
+            setting += f", caption guidance {report['caption_guidance']} ({report['captioner']})"
         click.echo(
             f"image-text retrieval: {report['n_images']} images, {report['n_captions']} captions "
-            f"({split} split of {data.name}, {model})"
+            f"({report['split']} split of {data.name}, {setting})"
         )
         for way, name in (("i2t", "image->text"), ("t2i", "text->image")):
             recalls = "  ".join(f"R@{k} {report[f'{way}_R@{k}']:5.1f}" for k in RECALL_KS)

@@ -57,8 +57,9 @@ def one_thread():
 def test_decoder_learns_captions_that_depend_on_the_image():
     # two images (different memories), two different captions: generation must follow the image
     torch.manual_seed(0)
-    decoder = CaptionDecoder(vocab_size=10, token_dim=6, pooled_dim=5, width=32, layers=1, heads=2, max_length=8,
-                             dropout=0.0)
+    decoder = CaptionDecoder(
+        vocab_size=10, token_dim=6, pooled_dim=5, width=32, layers=1, heads=2, max_length=8, dropout=0.0
+    )
     pooled, tokens = torch.randn(2, 5), torch.randn(2, 3, 6)
     targets = [[4, 5, 6], [7, 8, 9, 4]]
     _fit(decoder, pooled, tokens, targets)
@@ -89,8 +90,26 @@ def test_beam_search_finds_a_better_sequence_than_greedy():
 
     table = Table(vocab_size=7, token_dim=2, pooled_dim=2, width=8, layers=1, heads=1, max_length=4)
     memory = torch.zeros(1, 2, 8)
-    assert table.generate(memory, beams=1)[0][0] == 4
-    assert table.generate(memory, beams=2) == [[5]]
+    assert table.generate(memory, beams=1, cache=False)[0][0] == 4
+    assert table.generate(memory, beams=2, cache=False) == [[5]]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_incremental_decoding_equals_the_full_recompute():
+    # the bundled decoder on random image memories: cached steps give the same logits and the same captions
+    decoder, _, _ = load_decoder()
+    torch.manual_seed(0)
+    memory = decoder.memory(
+        torch.randn(12, decoder.config["pooled_dim"]), torch.randn(12, 4, decoder.config["token_dim"])
+    )
+    words = torch.tensor([[BOS, 5, 7, 9, 11]] * 3)
+    full = decoder(memory[:3], words)
+    state = None
+    for length in range(1, words.shape[1] + 1):
+        logits, state = decoder.next_word_logits(memory[:3], words[:, :length], state)
+        torch.testing.assert_close(logits, full[:, length - 1], atol=1e-4, rtol=1e-4)
+    for beams in (1, 3):
+        assert decoder.generate(memory, beams, cache=True) == decoder.generate(memory, beams, cache=False)
 
 
 def test_weights_file_round_trip_and_refusals(tmp_path: Path):

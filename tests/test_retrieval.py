@@ -4,12 +4,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from geobimors.errors import InputError
-from geobimors.train.retrieval import load_caption_set, retrieval_recalls
+from geobimors.train.retrieval import (
+    aggregate_views,
+    evaluate_retrieval,
+    load_caption_set,
+    retrieval_recalls,
+    view_crops,
+)
 
 from cli_helpers import assert_one_line_error, run_cli
+from tiny_captioners import BrightnessCaptioner
 
 
 def test_perfect_similarity_scores_100():
@@ -141,3 +149,199 @@ def test_cli_retrieval_refuses_a_head_and_a_bad_split(tmp_path: Path, capsys: py
     assert_one_line_error(result, 2, "drop --head")
     result = run_cli(capsys, "evaluate", captions, "--split", "dev")
     assert_one_line_error(result, 2, "no images in split 'dev'")
+
+
+# --------------------------------------------------------------- multi-perspective views (MPS-CLIP)
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
+
+
+class ColourClip:
+    """A stand-in CLIP that sees colour: an image's feature is the share of its pixels of each colour
+    (and of black), a text's feature the one-hot of the colour it names. Images keep their pixel size
+    through ``preprocess``, so a sub-view is seen as exactly its own pixels."""
+
+    name = "colour"
+    fingerprint = "colour"
+
+    def preprocess(self, chips: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(chips))
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.reshape(len(images), -1, 3)
+        shares = [(pixels == torch.tensor(c, dtype=pixels.dtype)).all(-1).float().mean(1) for c in COLOURS.values()]
+        black = (pixels == 0).all(-1).float().mean(1)
+        return torch.nn.functional.normalize(torch.stack([*shares, black], dim=1), dim=-1)
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        names = list(COLOURS)
+        return torch.stack([torch.eye(len(names) + 1)[names.index(t.split()[-1])] for t in texts])
+
+
+def _quadrant_images(root: Path) -> Path:
+    """Image i: its colour fills one quadrant (a different one for each image); the next image's colour
+    covers half of the other three quadrants (a checkerboard), so it is the full view's larger colour."""
+    names = list(COLOURS)
+    lines = []
+    for i, name in enumerate(names):
+        image = np.zeros((32, 32, 3), np.uint8)
+        checker = (np.indices((32, 32)).sum(0) % 2 == 0)[..., None]
+        image[:] = np.where(checker, COLOURS[names[(i + 1) % len(names)]], 0)
+        r, c = divmod(i, 2)
+        image[16 * r : 16 * r + 16, 16 * c : 16 * c + 16] = COLOURS[name]
+        Image.fromarray(image).save(root / f"{name}.png")
+        lines.append(json.dumps({"image": f"{name}.png", "split": "test", "captions": [f"a {name}"]}))
+    (root / "c.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "c.jsonl"
+
+
+def test_view_crops_are_the_quadrants_and_the_centre():
+    chips = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    full, tl, tr, bl, br, centre = view_crops(chips, 6)
+    assert (full == chips).all()
+    assert (tl == chips[:, :4, :4]).all() and (tr == chips[:, :4, 4:]).all()
+    assert (bl == chips[:, 4:, :4]).all() and (br == chips[:, 4:, 4:]).all()
+    assert (centre == chips[:, 2:6, 2:6]).all()
+    assert len(view_crops(chips, 5)) == 5 and len(view_crops(chips, 1)) == 1
+
+
+def test_aggregate_views_max_response_and_blend_by_hand():
+    # one image, views: full, 2 sub-views; two texts
+    similarity = np.array([[[0.2, 0.5], [0.9, 0.1], [0.3, 0.4]]])
+    np.testing.assert_allclose(aggregate_views(similarity), [[0.9, 0.5]])
+    np.testing.assert_allclose(aggregate_views(similarity, 0.25), [[0.75 * 0.2 + 0.25 * 0.9, 0.75 * 0.5 + 0.25 * 0.4]])
+    np.testing.assert_allclose(aggregate_views(similarity, 0.0), similarity[:, 0])
+    np.testing.assert_allclose(aggregate_views(similarity[:, :1]), similarity[:, 0])
+
+
+def test_views_find_a_match_that_fills_one_quadrant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import geobimors.models.clip
+
+    monkeypatch.setattr(geobimors.models.clip, "load_model", lambda *a, **k: ColourClip())
+    captions = _quadrant_images(tmp_path)
+    plain = evaluate_retrieval(captions, "colour", views=1)
+    views = evaluate_retrieval(captions, "colour", views=5)
+    # the full view sees more of the next image's colour than of its own: every first hit is wrong
+    assert plain["i2t_R@1"] == 0.0 and plain["t2i_R@1"] == 0.0
+    # the quadrant filled with its own colour matches its text exactly: every first hit is right
+    assert views["i2t_R@1"] == 100.0 and views["t2i_R@1"] == 100.0
+    assert views["views"] == 5 and views["view_aggregation"] == "max"
+    # blended with weight 0 the sub-views count for nothing: the plain figures
+    blended = evaluate_retrieval(captions, "colour", views=5, view_blend=0.0)
+    assert blended["mR"] == plain["mR"] and blended["view_aggregation"] == "blend 0.0"
+
+
+def test_cli_views_with_a_real_model(tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]):
+    captions = _caption_set(tmp_path, 12)
+    reports = {}
+    for name, options in {
+        "plain": [],
+        "views": ["--views", "6"],
+        "blend0": ["--views", "5", "--view-blend", "0"],
+    }.items():
+        out = tmp_path / f"{name}.json"
+        result = run_cli(
+            capsys, "evaluate", captions, "--model", tiny_model, "--device", "cpu", "--json", out, *options
+        )
+        assert result.exit_code == 0, result.err
+        reports[name] = json.loads(out.read_text())
+    assert "5 views (blend 0.0)" in result.out
+    keys = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in (1, 5, 10)]
+    assert [reports["blend0"][k] for k in keys] == [reports["plain"][k] for k in keys]
+    assert reports["views"]["views"] == 6
+
+
+# --------------------------------------------------------------- keyword guidance from captions
+
+
+def _grey_levels(root: Path, captioner: BrightnessCaptioner) -> Path:
+    """One flat grey image per word; its captions say what the brightness captioner will say of it."""
+    lines = []
+    for level, word in enumerate(captioner.words):
+        Image.new("RGB", (32, 32), (captioner.level_value(level),) * 3).save(root / f"{word}.png")
+        lines.append(
+            json.dumps({"image": f"{word}.png", "split": "test", "captions": [f"an aerial view of {word}", "a place"]})
+        )
+    (root / "c.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "c.jsonl"
+
+
+def test_caption_guidance_ranks_by_the_captions(tmp_path: Path, blind_tiny_model: str, monkeypatch: pytest.MonkeyPatch):
+    import geobimors.train.retrieval as retrieval
+
+    captioner = BrightnessCaptioner(["forest", "river", "field", "road", "city", "lake"])
+    monkeypatch.setattr(retrieval, "load_retrieval_captioner", lambda *a, **k: captioner)
+    captions = _grey_levels(tmp_path, captioner)
+    plain = evaluate_retrieval(captions, blind_tiny_model, device="cpu")
+    off = evaluate_retrieval(captions, blind_tiny_model, device="cpu", caption_guidance=0.0)
+    full = evaluate_retrieval(captions, blind_tiny_model, device="cpu", caption_guidance=1.0)
+    assert captioner.calls > 0
+    # weight 0 changes nothing (the captions are made and blended in, with no weight)
+    keys = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in (1, 5, 10)]
+    assert [off[k] for k in keys] == [plain[k] for k in keys]
+    # each image's caption is word for word one of its own texts: the first image->text hit is always right,
+    # which the blind image tower (every image the same features, up to rounding) never gets
+    assert full["i2t_R@1"] == 100.0
+    assert plain["i2t_R@1"] < 100.0 and plain["mR"] < full["mR"]
+    # and each caption that names an image finds it first (half of the captions; "a place" is under every image)
+    assert full["t2i_R@1"] >= 50.0
+    assert full["caption_guidance"] == 1.0 and full["examples"][0]["generated"] == "an aerial view of forest"
+
+
+def test_cli_caption_guidance_zero_equals_plain_with_the_bundled_captioner(
+    tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]
+):
+    captions = _caption_set(tmp_path, 6)
+    reports = {}
+    for name, options in {
+        "plain": [],
+        "guided0": ["--caption-guidance", "0"],
+        "guided": ["--caption-guidance", "0.5"],
+    }.items():
+        out = tmp_path / f"{name}.json"
+        result = run_cli(
+            capsys, "evaluate", captions, "--model", tiny_model, "--device", "cpu", "--json", out, *options
+        )
+        assert result.exit_code == 0, result.err
+        reports[name] = json.loads(out.read_text())
+    assert "caption guidance 0.5 (mini)" in result.out
+    keys = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in (1, 5, 10)]
+    assert [reports["guided0"][k] for k in keys] == [reports["plain"][k] for k in keys]
+    assert reports["guided"]["captioner"] == "mini"
+    assert all(e["generated"].strip() for e in reports["guided"]["examples"])  # the bundled captioner wrote them
+
+
+# the bad values of the retrieval options; each is listed in docs/errors.md
+RETRIEVAL_OPTION_ERRORS = {
+    "--views not 1, 5 or 6": (["--views", "3"], "--views must be 1 (the full image), 5"),
+    "--view-blend outside 0..1": (
+        ["--views", "5", "--view-blend", "1.5"],
+        "--view-blend must be a weight between 0 and 1",
+    ),
+    "--view-blend without sub-views": (["--view-blend", "0.5"], "pass --views 5 or 6 with it"),
+    "--caption-guidance outside 0..1": (["--caption-guidance", "-0.1"], "--caption-guidance must be a weight between"),
+    "--caption-guidance NaN": (["--caption-guidance", "nan"], "got nan"),
+    "--caption-guidance with --captioner none": (["--caption-guidance", "0.3", "--captioner", "none"], "not 'none'"),
+    "retrieval options on a classification task": (
+        ["--task", "classification", "--views", "5"],
+        "--task retrieval only",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RETRIEVAL_OPTION_ERRORS))
+def test_bad_retrieval_options_are_one_line_errors(
+    case: str, tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]
+):
+    options, fragment = RETRIEVAL_OPTION_ERRORS[case]
+    captions = _caption_set(tmp_path)
+    out = tmp_path / "r.json"
+    result = run_cli(capsys, "evaluate", captions, "--model", tiny_model, "--device", "cpu", "--json", out, *options)
+    assert_one_line_error(result, 2, fragment)
+    assert not out.exists()
+
+
+def test_retrieval_option_errors_are_documented():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    missing = [name for name in RETRIEVAL_OPTION_ERRORS if f"| {name} |" not in text]
+    assert not missing, missing

@@ -224,6 +224,130 @@ def _hit_probability(above: np.ndarray, tied_wrong: np.ndarray, tied_own: np.nda
     return out
 
 
+#: Allowed ``views`` of :func:`evaluate_retrieval`: the full image; + its four quadrants; + its centre crop.
+VIEW_COUNTS = (1, 5, 6)
+NO_CAPTIONER = "none"  # geobimors.models.captions.NO_CAPTIONER, without importing torch here
+CAPTIONER_NONE = "--caption-guidance needs captions: name a captioner (--captioner mini), not 'none'"
+
+
+def check_retrieval_options(
+    views: int, view_blend: float | None, caption_guidance: float | None, captioner: str = "mini"
+) -> None:
+    """Refuse bad multi-view and caption-guidance settings with a one-line message.
+
+    Raises:
+        InputError: ``views`` not in :data:`VIEW_COUNTS`, a weight outside 0..1 (or NaN), a
+            view blend without sub-views, or caption guidance without a captioner.
+    """
+    if views not in VIEW_COUNTS:
+        raise InputError(
+            f"--views must be 1 (the full image), 5 (and its four quadrants) or 6 (and its centre crop too), "
+            f"got {views}"
+        )
+    for name, value in (("--view-blend", view_blend), ("--caption-guidance", caption_guidance)):
+        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+            raise InputError(f"{name} must be a weight between 0 and 1, got {value}")
+    if view_blend is not None and views == 1:
+        raise InputError("--view-blend weighs the sub-views against the full image: pass --views 5 or 6 with it")
+    if caption_guidance is not None and captioner == NO_CAPTIONER:
+        raise InputError(CAPTIONER_NONE)
+
+
+def view_crops(chips: np.ndarray, views: int) -> list[np.ndarray]:
+    """The views of (N, H, W, 3) chips, each an (N, h, w, 3) array (MPS-CLIP's multi-perspective views).
+
+    View 0 is the full chip; views 1-4 its quadrants (top left, top right, bottom left, bottom
+    right); view 5 its centre crop of half the size. Every view is later resized to the model input,
+    so a sub-view is seen at twice the detail of the full one.
+
+    Args:
+        chips: uint8 chips of one size.
+        views: how many views (one of :data:`VIEW_COUNTS`).
+    """
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {VIEW_COUNTS}, got {views}")
+    height, width = chips.shape[1:3]
+    h, w = height // 2, width // 2
+    out = [chips]
+    if views >= 5:
+        out += [chips[:, r : r + h, c : c + w] for r in (0, height - h) for c in (0, width - w)]
+    if views >= 6:
+        top, left = (height - h) // 2, (width - w) // 2
+        out.append(chips[:, top : top + h, left : left + w])
+    return [np.ascontiguousarray(v) for v in out]
+
+
+def encode_views(clip: Any, chips: np.ndarray, views: int = 1) -> Any:
+    """L2-normalised image features of every view of every chip, (N, V, D) float32 on CPU.
+
+    Args:
+        clip: a loaded :class:`geobimors.models.clip.ClipModel`.
+        chips: (N, H, W, 3) uint8 chips of one size.
+        views: how many views (see :func:`view_crops`).
+    """
+    import torch
+
+    with torch.no_grad():
+        features = [clip.encode_images(clip.preprocess(v)).cpu() for v in view_crops(chips, views)]
+    return torch.stack(features, dim=1)
+
+
+def aggregate_views(similarity: np.ndarray, view_blend: float | None = None) -> np.ndarray:
+    """One image-text similarity from the similarities of every view.
+
+    Args:
+        similarity: (I, V, T) similarity of each view of each image to each text; view 0 is the
+            full image.
+        view_blend: ``None``: max-response over all views (MPS-CLIP); a weight ``b`` in 0..1:
+            ``(1 - b) * full view + b * max over the sub-views``.
+
+    Returns:
+        (I, T) similarities.
+    """
+    similarity = np.asarray(similarity)
+    if similarity.ndim != 3:
+        raise ValueError(f"similarity must be (images, views, texts), got shape {similarity.shape}")
+    if similarity.shape[1] == 1:
+        return similarity[:, 0]
+    if view_blend is None:
+        return similarity.max(axis=1)
+    return (1.0 - view_blend) * similarity[:, 0] + view_blend * similarity[:, 1:].max(axis=1)
+
+
+def guided_similarity(image_text: np.ndarray, caption_text: np.ndarray, weight: float) -> np.ndarray:
+    """Keyword guidance: image-text similarity blended with the similarity of each image's caption to each text.
+
+    ``(1 - weight) * image_text + weight * caption_text``; the one matrix ranks both ways
+    (image->text and text->image).
+
+    Args:
+        image_text: (I, T) image-text similarities.
+        caption_text: (I, T) similarity of each image's generated caption to each text (same text encoder).
+        weight: the caption's share, 0..1 (0: plain retrieval).
+    """
+    if image_text.shape != caption_text.shape:
+        raise ValueError(f"image-text {image_text.shape} and caption-text {caption_text.shape} shapes differ")
+    return (1.0 - weight) * np.asarray(image_text) + weight * np.asarray(caption_text)
+
+
+def load_retrieval_captioner(name: str, device: str = "auto", precision: str = "fp32") -> Any:
+    """The captioner of keyword guidance: beam 3, 16 words at most, captions cached on disk.
+
+    Args:
+        name: ``mini`` (bundled) or a BLIP / BLIP-2 checkpoint.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+
+    Returns:
+        An object whose ``caption(chips)`` returns one caption per (H, W, 3) uint8 chip.
+    """
+    from geobimors.models.captions import CaptionerSpec, load_captioner
+
+    if name == NO_CAPTIONER:
+        raise InputError(CAPTIONER_NONE)
+    return load_captioner(CaptionerSpec(name, max_new_tokens=16, num_beams=3), device, precision)
+
+
 def evaluate_retrieval(
     captions: str | os.PathLike[str],
     model: str = "mini",
@@ -232,6 +356,10 @@ def evaluate_retrieval(
     device: str = "auto",
     precision: str = "fp32",
     batch_size: int = 64,
+    views: int = 1,
+    view_blend: float | None = None,
+    caption_guidance: float | None = None,
+    captioner: str = "mini",
 ) -> dict[str, Any]:
     """Image-text retrieval of a CLIP model on one split of a caption set.
 
@@ -243,35 +371,60 @@ def evaluate_retrieval(
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16``.
         batch_size: images per forward pass.
+        views: 1 (the full image), 5 (+ its quadrants) or 6 (+ its centre crop): multi-perspective
+            views, aggregated by :func:`aggregate_views`.
+        view_blend: ``None`` for max-response over all views, else the sub-views' weight against the full view.
+        caption_guidance: ``None`` (off) or the weight of keyword guidance (:func:`guided_similarity`).
+        captioner: the captioner of keyword guidance (``mini``, or a BLIP / BLIP-2 checkpoint).
 
     Returns:
         A JSON-ready report: recalls in percent, ``mR``, the counts and the setting.
+
+    Raises:
+        InputError: bad options (checked before any model loads) or a bad caption set.
     """
     import torch
 
     from geobimors.models.clip import load_model
     from geobimors.raster.images import read_rgb
 
+    check_retrieval_options(views, view_blend, caption_guidance, captioner)
     data = load_caption_set(captions, split, images_root)
     clip = load_model(model, device, precision)
+    guide = load_retrieval_captioner(captioner, device, precision) if caption_guidance is not None else None
     first = read_rgb(data.images[0])
     size = (first.shape[1], first.shape[0])  # a few UC Merced images are off-size: all take the first's size
-    image_features = []
+    image_features, generated = [], []
+    for start in range(0, len(data.images), batch_size):
+        chips = np.stack([read_rgb(p, size) for p in data.images[start : start + batch_size]])
+        image_features.append(encode_views(clip, chips, views))
+        if guide is not None:
+            generated += guide.caption(chips)
     with torch.no_grad():
-        for start in range(0, len(data.images), batch_size):
-            chips = np.stack([read_rgb(p, size) for p in data.images[start : start + batch_size]])
-            image_features.append(clip.encode_images(clip.preprocess(chips)).cpu())
         text_features = clip.encode_texts(data.texts).cpu()
-    similarity = (torch.cat(image_features) @ text_features.T).numpy()
-    return {
+    per_view = torch.einsum("ivd,td->ivt", torch.cat(image_features), text_features).numpy()
+    similarity = aggregate_views(per_view, view_blend)
+    report: dict[str, Any] = {
         "task": "retrieval",
         "data": str(data.source),
         "split": split,
         "model": model,
         "n_images": len(data.images),
         "n_captions": len(data.texts),
-        **retrieval_recalls(similarity, data.text_image),
+        "views": views,
+        "view_aggregation": "max" if view_blend is None else f"blend {view_blend}",
     }
+    if guide is not None and caption_guidance is not None:
+        with torch.no_grad():
+            caption_features = clip.encode_texts(generated).cpu()
+        similarity = guided_similarity(similarity, (caption_features @ text_features.T).numpy(), caption_guidance)
+        report.update(caption_guidance=caption_guidance, captioner=captioner)
+        report["examples"] = [
+            {"image": str(p), "generated": g}
+            for p, g in list(zip(data.images, generated))[:: max(1, len(generated) // 5)]
+        ]
+    report.update(retrieval_recalls(similarity, data.text_image))
+    return report
 
 
 def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:

@@ -117,18 +117,54 @@ class CaptionDecoder(nn.Module):
         hidden = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=words == PAD)
         return self.out(self.norm(hidden))
 
+    def next_word_logits(
+        self, memory: torch.Tensor, words: torch.Tensor, cache: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (N, V) of the word after ``words`` (N, L), computing only the last position.
+
+        The same numbers as ``self(memory, words)[:, -1]`` (pre-norm layers under a causal mask: an
+        earlier position's layer inputs never change), with each layer's normalised inputs of the
+        earlier words kept in ``cache`` instead of recomputed: one position's work per step instead of L.
+
+        Args:
+            memory: (N, M, width) image memories.
+            words: (N, L) word ids so far, starting with :data:`BOS`.
+            cache: what the previous call returned (``None`` for the first word).
+
+        Returns:
+            The logits and the cache for the next call (reorder its rows with the beams).
+        """
+        position = words.shape[1] - 1
+        x = self.embed(words[:, -1:]) * math.sqrt(self.embed.embedding_dim) + self.position[position : position + 1]
+        layers: Any = self.decoder.layers
+        new_cache = []
+        for i, layer in enumerate(layers):
+            h = layer.norm1(x)
+            keys = h if cache is None else torch.cat([cache[i], h], dim=1)
+            new_cache.append(keys)
+            x = x + layer.self_attn(h, keys, keys, need_weights=False)[0]
+            x = x + layer.multihead_attn(layer.norm2(x), memory, memory, need_weights=False)[0]
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+        return self.out(self.norm(x))[:, -1], new_cache
+
     @torch.no_grad()
-    def generate(self, memory: torch.Tensor, beams: int = 3, length_penalty: float = 0.0) -> list[list[int]]:
+    def generate(
+        self, memory: torch.Tensor, beams: int = 3, length_penalty: float = 0.0, cache: bool = True
+    ) -> list[list[int]]:
         """Word ids of the best caption of each memory, by batched beam search.
 
         Args:
             memory: (N, M, width) image memories.
             beams: beam width (1: greedy).
             length_penalty: alpha of the score normalisation ``logp / length**alpha``.
+            cache: compute each step's last position only (:meth:`next_word_logits`); ``False``
+                re-runs :meth:`forward` over the whole prefix at every step (same captions, slower).
         """
         n = memory.shape[0]
         if n == 0:
             return []
+        incremental = cache and not self.training  # dropout is not part of the incremental path
+        state: list[torch.Tensor] | None = None
         memory = memory.repeat_interleave(beams, dim=0)
         words = torch.full((n * beams, 1), BOS, dtype=torch.long, device=memory.device)
         scores = torch.zeros(n, beams, device=memory.device)
@@ -137,7 +173,11 @@ class CaptionDecoder(nn.Module):
         lengths = torch.zeros(n * beams, device=memory.device)
         rows = torch.arange(n, device=memory.device)[:, None]
         for _ in range(self.max_length):
-            logp = self(memory, words)[:, -1].float().log_softmax(dim=-1)
+            if incremental:
+                logits, state = self.next_word_logits(memory, words, state)
+            else:
+                logits = self(memory, words)[:, -1]
+            logp = logits.float().log_softmax(dim=-1)
             logp[:, PAD] = -math.inf
             logp[:, BOS] = -math.inf
             logp[finished] = -math.inf
@@ -148,6 +188,8 @@ class CaptionDecoder(nn.Module):
             beam, word = index // vocab, index % vocab
             flat = (rows * beams + beam).view(-1)
             words = torch.cat([words[flat], word.view(-1, 1)], dim=1)
+            if state is not None:
+                state = [h[flat] for h in state]
             was_finished = finished[flat]
             lengths = lengths[flat] + (~was_finished).float()
             finished = was_finished | (word.view(-1) == EOS)
