@@ -293,6 +293,11 @@ def test_caption_cache_avoids_model_calls(tiny_blip2: str, tiny_blip: str, tmp_p
         other = Captioner(CaptionerSpec(name, max_new_tokens=3, num_beams=2), "cpu", cache=cache)
         other.caption(images[:1])
         assert other.calls == 1
+        # Other weights under the same name (a new hub revision, a retrained bundled captioner) too.
+        retrained = Captioner(CaptionerSpec(name, max_new_tokens=4, num_beams=2), "cpu", cache=cache)
+        retrained.weights_id = "another revision"
+        retrained.caption(images[:1])
+        assert retrained.calls == 1
 
 
 def test_captioner_errors(tmp_path: Path) -> None:

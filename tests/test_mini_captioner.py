@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from geobimors.errors import ModelError
@@ -189,6 +190,24 @@ def test_bundled_captioner_describes_real_chips(eurosat: Path, tmp_path: Path):
     # the caption follows the image, not a constant sentence
     greedy = Captioner(CaptionerSpec("mini", num_beams=1), "cpu", cache=None).caption(chips)
     assert len(set(greedy)) >= 2
+
+
+def test_bundled_captioner_fingerprint_follows_its_weights(tmp_path: Path):
+    """Cached captions are keyed by the captioner's weights: a retrained file is another captioner."""
+    from safetensors.torch import load_file, save_file
+
+    from geobimors.models.mini.captioner import WEIGHTS_PATH, MiniCaptioner
+
+    bundled = MiniCaptioner("cpu", beams=1)
+    tensors = load_file(str(WEIGHTS_PATH))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3
+    with safe_open(str(WEIGHTS_PATH), "pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(tmp_path / "retrained.safetensors"), metadata=metadata)
+    retrained = MiniCaptioner("cpu", beams=1, weights=tmp_path / "retrained.safetensors")
+    assert retrained.fingerprint != bundled.fingerprint
+    assert MiniCaptioner("cpu", beams=1).fingerprint == bundled.fingerprint
 
 
 def test_bundled_captioner_refuses_other_image_weights(monkeypatch: pytest.MonkeyPatch):

@@ -144,11 +144,13 @@ class Captioner:
         self.calls = 0  # model calls, for tests and summaries
         self.cache_hits = 0
         self._mini: Any = None
+        self.weights_id = spec.name  # part of the cache key: captions of other weights are not reused
         if spec.name == MINI_CAPTIONER:
             from geobimors.models.mini.captioner import MiniCaptioner
 
             self._mini = MiniCaptioner(device, precision, beams=spec.num_beams)
             self.kind = MINI_CAPTIONER
+            self.weights_id = self._mini.fingerprint
             return
         from transformers import AutoConfig, AutoProcessor
 
@@ -172,6 +174,8 @@ class Captioner:
         except Exception as exc:
             raise describe_load_failure(f"captioner {spec.name}", exc) from exc
         self.kind = config.model_type
+        # The hub revision where there is one; a local checkpoint is known by its path only.
+        self.weights_id = getattr(config, "_commit_hash", None) or spec.name
 
     @torch.no_grad()
     def _generate(self, images: list[np.ndarray]) -> list[str]:
@@ -194,7 +198,7 @@ class Captioner:
 
     def caption(self, chips: np.ndarray | Sequence[np.ndarray], batch_size: int = 16) -> list[str]:
         """Captions of (H, W, 3) uint8 chips, from the cache where possible."""
-        keys = [f"{self.spec.key()}|{chip_hash(chip)}" for chip in chips]
+        keys = [f"{self.spec.key()}|{self.weights_id}|{chip_hash(chip)}" for chip in chips]
         found = self.cache.get(keys) if self.cache is not None else {}
         self.cache_hits += len(found)
         missing = [i for i, key in enumerate(keys) if key not in found]

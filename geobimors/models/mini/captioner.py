@@ -15,6 +15,7 @@ it refuses to run on other image weights.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -269,6 +270,8 @@ class MiniCaptioner:
             )
         self.decoder.to(self.clip.device)
         self.beams = beams
+        # Which weights made a caption: cached captions of an older release are not this one's.
+        self.fingerprint = f"{hashlib.sha256(weights.read_bytes()).hexdigest()[:16]}/{self.clip.fingerprint}"
 
     def features(self, chips: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled embeddings (N, E) and visual tokens (N, T, W) of (N, H, W, 3) uint8 chips."""
