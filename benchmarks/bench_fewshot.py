@@ -31,6 +31,7 @@ from geobimors.heads.probe import EmbeddingHead
 from geobimors.heads.zero_shot import ZeroShotHead
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import ClipModel, load_model
+from geobimors.train.api import caption_function
 from geobimors.train.data import load_image_folder, load_image_list
 from geobimors.train.embedding import embed_images, fit_embedding_head
 from geobimors.train.evaluate import evaluate
@@ -40,7 +41,8 @@ from common import ROOT, machine
 
 SHARED = ROOT.parent / "shared" / "data"
 SPLITS = ROOT / "benchmarks" / "splits"
-METHODS = ("zero-shot", "probe", "tip", "coop", "cocoop", "bimors")
+# "bimors" runs without captions (--captioner none); "bimors-captions" with the bundled captioner (mini), as published.
+METHODS = ("zero-shot", "probe", "tip", "coop", "cocoop", "bimors", "bimors-captions")
 
 
 def dataset_splits(name: str, shots: int, seed: int, val_per_class: int, eurosat_eval: int) -> dict[str, Any]:
@@ -79,8 +81,9 @@ def run_one(
         logits = clip.logit_scale * test_features @ head.class_features.T
         return {"accuracy": float((logits.argmax(1) == targets).float().mean()), "train_seconds": 0.0}
     torch.manual_seed(seed)
-    spec = CaptionerSpec("none")
-    head = build_head(method, clip, train.labels, 4, "a photo of a", spec)
+    spec = CaptionerSpec("mini" if method == "bimors-captions" else "none")
+    head = build_head(method.removesuffix("-captions"), clip, train.labels, 4, "a photo of a", spec)
+    captions = caption_function(head, "cpu", "fp32")  # None unless the head reads captions
     start = time.monotonic()
     extra: dict[str, Any] = {}
     if isinstance(head, EmbeddingHead):
@@ -90,9 +93,9 @@ def run_one(
         accuracy = float((logits.argmax(1) == targets).float().mean())
         extra = {"fit_seconds": details["fit_seconds"], "choice": details["choice"]}
     else:
-        result = train_head(head, train, val, settings, None, "none")
+        result = train_head(head, train, val, settings, captions, "none")
         seconds = time.monotonic() - start
-        accuracy = evaluate(head, test, batch_size=64).accuracy
+        accuracy = evaluate(head, test, batch_size=64, captions=captions).accuracy
         extra = {"best_epoch": result.best_epoch, "epochs": settings.epochs}
     return {"accuracy": accuracy, "train_seconds": seconds, **extra}
 

@@ -25,20 +25,24 @@ zero-shot top-1 and UCM-Captions val retrieval mR/100 (val images not in any tes
 Test splits are never read here. A checkpoint is written after every epoch; ``--resume``
 continues an interrupted run from the last one.
 
-Reproduce the bundled weights (from the repository root; seed 0, 2 torch threads). The shipped
-run was cut short by the CPU time at hand (57 s per 1,000 samples on a shared 2-core CPU): one
-epoch of a 12-epoch schedule, then resumed with the schedule recomputed for 2 epochs (400 steps of
-128 in all), then mixed with the stage 1 weights (``training/wise_mini.py``)::
+Reproduce the bundled weights (from the repository root; seed 0, 2 torch threads; about 105 s per
+epoch on an idle 2-core CPU, 52 minutes in all on a shared one). Epoch 11 was chosen on val, and
+the WiSE-FT mix with stage 1 (``training/wise_mini.py``) chose a = 1.0 (stage 2 as trained)::
 
     git show 14aa5ef:geobimors/models/mini/mini.safetensors > stage1.safetensors   # stage 1
-    .venv/bin/python training/train_mini_joint.py ../shared/data --init stage1.safetensors \
-        --work out/mini-joint --epochs 12 --stop-after 1
-    .venv/bin/python training/train_mini_joint.py ../shared/data --init stage1.safetensors \
-        --work out/mini-joint --epochs 2 --resume --out out/mini-joint/selected.safetensors \
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init stage1.safetensors \\
+        --work out/mini-joint --epochs 12 --out out/mini-joint/selected.safetensors \\
         --log docs/mini-joint-training-log.json
-    .venv/bin/python training/wise_mini.py ../shared/data --stage1 stage1.safetensors \
-        --stage2 out/mini-joint/epoch02.safetensors --work out/mini-joint \
-        --weights 0.3 0.4 0.45 0.6 1.0 --out geobimors/models/mini/mini.safetensors --log docs/mini-wise-log.json
+    .venv/bin/python training/wise_mini.py ../shared/data --stage1 stage1.safetensors \\
+        --stage2 out/mini-joint/selected.safetensors --work out/mini-joint \\
+        --out geobimors/models/mini/mini.safetensors --log docs/mini-wise-log.json
+
+Leave-one-dataset-out (``--leave-out ucmerced|aid``; selection on the other datasets' val only)::
+
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init stage1.safetensors \\
+        --leave-out ucmerced --epochs 6 --work out/lodo-ucmerced --data-cache out/mini-joint/data-cache \\
+        --out out/lodo-ucmerced/selected.safetensors
+    .venv/bin/python benchmarks/bench_mini_zero_shot.py --weights out/lodo-ucmerced/selected.safetensors
 """
 
 from __future__ import annotations
