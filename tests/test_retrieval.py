@@ -1,6 +1,7 @@
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -231,21 +232,24 @@ def test_views_find_a_match_that_fills_one_quadrant(tmp_path: Path, monkeypatch:
     assert blended["mR"] == plain["mR"] and blended["view_aggregation"] == "blend 0.0"
 
 
+def _cli_reports(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, captions: Path, model: str, runs: dict[str, list[str]]
+) -> tuple[dict[str, Any], str]:
+    """``geobimors evaluate`` once per named option list: the JSON reports and the last run's stdout."""
+    reports, out_text = {}, ""
+    for name, options in runs.items():
+        out = tmp_path / f"{name}.json"
+        result = run_cli(capsys, "evaluate", captions, "--model", model, "--device", "cpu", "--json", out, *options)
+        assert result.exit_code == 0, result.err
+        reports[name], out_text = json.loads(out.read_text()), result.out
+    return reports, out_text
+
+
 def test_cli_views_with_a_real_model(tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]):
     captions = _caption_set(tmp_path, 12)
-    reports = {}
-    for name, options in {
-        "plain": [],
-        "views": ["--views", "6"],
-        "blend0": ["--views", "5", "--view-blend", "0"],
-    }.items():
-        out = tmp_path / f"{name}.json"
-        result = run_cli(
-            capsys, "evaluate", captions, "--model", tiny_model, "--device", "cpu", "--json", out, *options
-        )
-        assert result.exit_code == 0, result.err
-        reports[name] = json.loads(out.read_text())
-    assert "5 views (blend 0.0)" in result.out
+    runs = {"plain": [], "views": ["--views", "6"], "blend0": ["--views", "5", "--view-blend", "0"]}
+    reports, last_out = _cli_reports(capsys, tmp_path, captions, tiny_model, runs)
+    assert "5 views (blend 0.0)" in last_out
     keys = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in (1, 5, 10)]
     assert [reports["blend0"][k] for k in keys] == [reports["plain"][k] for k in keys]
     assert reports["views"]["views"] == 6
@@ -292,19 +296,9 @@ def test_cli_caption_guidance_zero_equals_plain_with_the_bundled_captioner(
     tmp_path: Path, tiny_model: str, capsys: pytest.CaptureFixture[str]
 ):
     captions = _caption_set(tmp_path, 6)
-    reports = {}
-    for name, options in {
-        "plain": [],
-        "guided0": ["--caption-guidance", "0"],
-        "guided": ["--caption-guidance", "0.5"],
-    }.items():
-        out = tmp_path / f"{name}.json"
-        result = run_cli(
-            capsys, "evaluate", captions, "--model", tiny_model, "--device", "cpu", "--json", out, *options
-        )
-        assert result.exit_code == 0, result.err
-        reports[name] = json.loads(out.read_text())
-    assert "caption guidance 0.5 (mini)" in result.out
+    runs = {"plain": [], "guided0": ["--caption-guidance", "0"], "guided": ["--caption-guidance", "0.5"]}
+    reports, last_out = _cli_reports(capsys, tmp_path, captions, tiny_model, runs)
+    assert "caption guidance 0.5 (mini)" in last_out
     keys = [f"{w}_R@{k}" for w in ("i2t", "t2i") for k in (1, 5, 10)]
     assert [reports["guided0"][k] for k in keys] == [reports["plain"][k] for k in keys]
     assert reports["guided"]["captioner"] == "mini"
