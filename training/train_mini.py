@@ -67,14 +67,20 @@ def load_image_folder(root: Path, limit_per_class: int | None = None) -> tuple[t
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random resized crops (area 0.6-1), rotations, flips, sensor-resolution blur and colour jitter.
 
-    One batched affine resampling does crop, rotation and flip together.
-
     Args:
         images: (N, 3, H, W) float in 0..1.
         generator: random number generator (fixed seed: reproducible runs).
     """
+    return colour_jitter(sensor_blur(crop_rotate_flip(images, generator, 0.6), generator, 3.0), generator)
+
+
+def crop_rotate_flip(images: torch.Tensor, generator: torch.Generator, min_area: float) -> torch.Tensor:
+    """Random resized crops (area ``min_area``-1), 90-degree rotations and flips of (N, 3, H, W) floats.
+
+    One batched affine resampling does crop, rotation and flip together.
+    """
     n = images.shape[0]
-    side = torch.sqrt(0.6 + 0.4 * torch.rand(n, generator=generator))  # crop side as a fraction
+    side = torch.sqrt(min_area + (1 - min_area) * torch.rand(n, generator=generator))  # crop side as a fraction
     shift = (1 - side)[:, None] * (2 * torch.rand(n, 2, generator=generator) - 1)
     angle = torch.randint(0, 4, (n,), generator=generator).float() * (math.pi / 2)
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
@@ -86,20 +92,31 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta[:, 1, 1] = cos * side
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    # Coarser sensors: half the images are blurred as if imaged at 1-3x the ground distance
-    # (10-30 m) and resampled back, as geobimors does with 30 m Landsat chips.
-    h, w = out.shape[-2:]
-    for i in torch.nonzero(torch.rand(n, generator=generator) < 0.5).flatten().tolist():
-        factor = 1.0 + 2.0 * torch.rand(1, generator=generator).item()
-        small = F.interpolate(out[i : i + 1], size=(max(4, round(h / factor)), max(4, round(w / factor))), mode="area")
-        out[i] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
-    # Other sensors and processing: per-channel gains and offsets, brightness and contrast.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def sensor_blur(images: torch.Tensor, generator: torch.Generator, max_blur: float) -> torch.Tensor:
+    """Coarser sensors: half the images blurred as if imaged at 1-``max_blur`` x the ground distance.
+
+    Each is resampled down and back, as geobimors does with 30 m Landsat chips read at 10 m. In place.
+    """
+    h, w = images.shape[-2:]
+    for i in torch.nonzero(torch.rand(images.shape[0], generator=generator) < 0.5).flatten().tolist():
+        factor = 1.0 + (max_blur - 1.0) * torch.rand(1, generator=generator).item()
+        size = (max(4, round(h / factor)), max(4, round(w / factor)))
+        small = F.interpolate(images[i : i + 1], size=size, mode="area")
+        images[i] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0]
+    return images
+
+
+def colour_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Other sensors and processing chains: per-channel gains and offsets, brightness and contrast."""
+    n = images.shape[0]
     gains = 1 + 0.3 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
     offsets = 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
     brightness = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
     contrast = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    out = out * gains + offsets
+    out = images * gains + offsets
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * contrast + mean * brightness).clamp(0, 1)
 

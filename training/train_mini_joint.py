@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
-from train_mini import TRAIN_TEMPLATES, load_image_folder, unpadded
+from train_mini import TRAIN_TEMPLATES, colour_jitter, crop_rotate_flip, load_image_folder, sensor_blur, unpadded
 
 from geobimors.class_names import AID, UC_MERCED
 from geobimors.models.clip import ClipModel
@@ -118,37 +118,11 @@ def augment(
     images: torch.Tensor, generator: torch.Generator, min_area: float, max_blur: float, out_size: int
 ) -> torch.Tensor:
     """Crop/rotate/flip, sensor blur, colour jitter, haze and JPEG; returns (N, 3, out, out) floats in 0..1."""
-    x = images.permute(0, 3, 1, 2).float() / 255.0
-    n = x.shape[0]
-    side = torch.sqrt(min_area + (1 - min_area) * torch.rand(n, generator=generator))
-    shift = (1 - side)[:, None] * (2 * torch.rand(n, 2, generator=generator) - 1)
-    angle = torch.randint(0, 4, (n,), generator=generator).float() * (math.pi / 2)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle).round(), torch.sin(angle).round()
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * side * flip
-    theta[:, 0, 1] = -sin * side
-    theta[:, 1, 0] = sin * side * flip
-    theta[:, 1, 1] = cos * side
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    x = crop_rotate_flip(images.permute(0, 3, 1, 2).float() / 255.0, generator, min_area)
     if x.shape[-1] != out_size:
         x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
-    # Coarser sensors: half the images blurred as if imaged at 1-max_blur x the ground distance.
-    for i in torch.nonzero(torch.rand(n, generator=generator) < 0.5).flatten().tolist():
-        factor = 1.0 + (max_blur - 1.0) * torch.rand(1, generator=generator).item()
-        small_side = max(4, round(out_size / factor))
-        small = F.interpolate(x[i : i + 1], size=(small_side, small_side), mode="area")
-        x[i] = F.interpolate(small, size=(out_size, out_size), mode="bilinear", align_corners=False)[0]
-    # Other sensors and processing chains: per-channel gains and offsets, brightness and contrast.
-    gains = 1 + 0.3 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
-    offsets = 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
-    brightness = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    contrast = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    x = x * gains + offsets
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = ((x - mean) * contrast + mean * brightness).clamp(0, 1)
+    x = colour_jitter(sensor_blur(x, generator, max_blur), generator)
+    n = x.shape[0]
     # Haze: a fifth of the images mixed with a bright, slightly blue veil.
     hazy = torch.rand(n, 1, 1, 1, generator=generator) < 0.2
     amount = 0.35 * torch.rand(n, 1, 1, 1, generator=generator) * hazy
