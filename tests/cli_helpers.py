@@ -30,6 +30,24 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> CliResult:
     return CliResult(code if isinstance(code, int) else 1, captured.out, captured.err)
 
 
+def run_command_in_process(capsys: pytest.CaptureFixture[str], command: list[str]) -> CliResult:
+    """Run a ``python -m geobimors.cli ARGS`` command line in this process, with one torch thread.
+
+    What the tests' ``OMP_NUM_THREADS=1`` subprocess of the same command writes, byte for byte,
+    without its start (about 5 s of CPU for torch and open_clip's imports): for the clean
+    reference runs that resumed runs are compared with.
+    """
+    import torch
+
+    assert command[1:3] == ["-m", "geobimors.cli"], command
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_cli(capsys, *command[3:])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None:
     """The run failed with ``code`` and a single 'Error:' line mentioning every fragment."""
     assert result.exit_code == code, (result.exit_code, result.err)

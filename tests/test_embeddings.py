@@ -23,7 +23,7 @@ from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import load_model
 from geobimors.run.store import RunLock
 
-from cli_helpers import assert_one_line_error, run_cli, throttled
+from cli_helpers import assert_one_line_error, run_cli, run_command_in_process, throttled
 from conftest import SHARED_DATA
 from rasters import make_geotiff, random_rgb
 from tiny_models import make_tiny_clip_dir
@@ -137,7 +137,9 @@ def test_float16_store_agrees_with_map_on_a_real_scene(capsys: pytest.CaptureFix
 
 
 @pytest.mark.slow
-def test_embed_resumes_after_kill_9_to_an_identical_file(tiny_model: str, tmp_path: Path) -> None:
+def test_embed_resumes_after_kill_9_to_an_identical_file(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
+) -> None:
     source = make_geotiff(tmp_path / "big.tif", random_rgb(128, 128, seed=3))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
@@ -146,7 +148,7 @@ def test_embed_resumes_after_kill_9_to_an_identical_file(tiny_model: str, tmp_pa
                 "--chip-size", "8", "--batch-size", "16", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
 
     clean = tmp_path / "clean.parquet"
-    assert subprocess.run(command(clean), env=env, capture_output=True, text=True).returncode == 0
+    assert run_command_in_process(capsys, command(clean)).exit_code == 0
     out = tmp_path / "killed.parquet"
     # Reads after the third batch wait 10 s: the run is killed with 3 or 4 of 16 batches stored.
     proc = subprocess.Popen(throttled(command(out), fast=3, delay=10), env=env, stderr=subprocess.PIPE, text=True)

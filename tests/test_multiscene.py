@@ -21,7 +21,7 @@ import geobimors
 from geobimors.embeddings.store import open_store
 from geobimors.vector.overlap import overlap_losers
 
-from cli_helpers import assert_one_line_error, run_cli, throttled
+from cli_helpers import assert_one_line_error, run_cli, run_command_in_process, throttled
 from rasters import make_geotiff, random_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def _command(model: str, labels: Path, out: Path, *scenes: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_and_added_scenes_map_only_the_new(
-    tiny_model: str, labels_file: Path, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], tiny_model: str, labels_file: Path, tmp_path: Path
 ) -> None:
     scenes = [
         make_geotiff(tmp_path / f"s{i}.tif", random_rgb(128, 128, seed=i), transform=origin(500_000 + 960 * i))
@@ -325,8 +325,8 @@ def test_killed_run_resumes_and_added_scenes_map_only_the_new(
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     clean = tmp_path / "clean.gpkg"
-    done = subprocess.run(_command(tiny_model, labels_file, clean, *scenes), env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = run_command_in_process(capsys, _command(tiny_model, labels_file, clean, *scenes))
+    assert done.exit_code == 0, done.err
     out = tmp_path / "out.gpkg"
     partial = Path(str(out) + ".partial")
     # Reads after the 20th batch (of 48) wait 10 s: the run is killed with 20 or 21 batches stored.
@@ -463,7 +463,9 @@ def test_a_scene_that_fails_while_running_is_reported(
 
 
 @pytest.mark.slow
-def test_killed_embed_dataset_resumes_per_scene_to_identical_files(tiny_model: str, tmp_path: Path) -> None:
+def test_killed_embed_dataset_resumes_per_scene_to_identical_files(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
+) -> None:
     scenes = [
         make_geotiff(tmp_path / f"s{i}.tif", random_rgb(128, 128, seed=i), transform=origin(500_000 + 3000 * i))
         for i in range(3)
@@ -475,7 +477,7 @@ def test_killed_embed_dataset_resumes_per_scene_to_identical_files(tiny_model: s
                 "--chip-size", "8", "--batch-size", "16", "-o", str(out), "--progress", "none", "-q"]  # fmt: skip
 
     clean = tmp_path / "clean"
-    assert subprocess.run(command(clean), env=env, capture_output=True, text=True).returncode == 0
+    assert run_command_in_process(capsys, command(clean)).exit_code == 0
     out = tmp_path / "killed"
     # Reads after s0's 16 batches and s1's first wait 10 s: killed while s1 is under way.
     proc = subprocess.Popen(throttled(command(out), fast=17, delay=10), env=env, stderr=subprocess.PIPE)
