@@ -82,7 +82,7 @@ def main() -> None:
     report = {
         "machine": {
             **machine(),
-            "note": "2-core AMD EPYC shared with a training job (2 threads), no GPU",
+            "note": os.environ.get("BENCH_NOTE", "the load average below says what else ran"),
             "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "command": "benchmarks/bench_captioner.py "

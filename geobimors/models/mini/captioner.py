@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from geobimors.errors import ModelError
@@ -118,33 +119,65 @@ class CaptionDecoder(nn.Module):
         hidden = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=words == PAD)
         return self.out(self.norm(hidden))
 
+    def cross_keys(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's cross-attention keys and values of ``memory`` (N, M, width), per head.
+
+        They depend on the image alone, so a caption computes them once, not once per word.
+        """
+        out = []
+        layers: Any = self.decoder.layers
+        for layer in layers:
+            attention = layer.multihead_attn
+            width, heads = attention.embed_dim, attention.num_heads
+            weight, bias = attention.in_proj_weight, attention.in_proj_bias
+            keys = F.linear(memory, weight[width : 2 * width], bias[width : 2 * width])
+            values = F.linear(memory, weight[2 * width :], bias[2 * width :])
+            out.append((_split_heads(keys, heads), _split_heads(values, heads)))
+        return out
+
     def next_word_logits(
-        self, memory: torch.Tensor, words: torch.Tensor, cache: list[torch.Tensor] | None
+        self,
+        memory: torch.Tensor,
+        words: torch.Tensor,
+        cache: list[torch.Tensor] | None,
+        cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (N, V) of the word after ``words`` (N, L), computing only the last position.
 
         The same numbers as ``self(memory, words)[:, -1]`` (pre-norm layers under a causal mask: an
-        earlier position's layer inputs never change), with each layer's normalised inputs of the
-        earlier words kept in ``cache`` instead of recomputed: one position's work per step instead of L.
+        earlier position's keys and values never change). Each layer's self-attention keys and
+        values of the earlier words are kept in ``cache``, and the image's cross-attention keys and
+        values in ``cross``: a step projects one word, not the whole prefix and the image again.
 
         Args:
             memory: (N, M, width) image memories.
             words: (N, L) word ids so far, starting with :data:`BOS`.
             cache: what the previous call returned (``None`` for the first word).
+            cross: :meth:`cross_keys` of ``memory`` (computed here when ``None``).
 
         Returns:
             The logits and the cache for the next call (reorder its rows with the beams).
         """
         position = words.shape[1] - 1
         x = self.embed(words[:, -1:]) * math.sqrt(self.embed.embedding_dim) + self.position[position : position + 1]
+        cross = self.cross_keys(memory) if cross is None else cross
         layers: Any = self.decoder.layers
-        new_cache = []
+        new_cache: list[torch.Tensor] = []
         for i, layer in enumerate(layers):
-            h = layer.norm1(x)
-            keys = h if cache is None else torch.cat([cache[i], h], dim=1)
-            new_cache.append(keys)
-            x = x + layer.self_attn(h, keys, keys, need_weights=False)[0]
-            x = x + layer.multihead_attn(layer.norm2(x), memory, memory, need_weights=False)[0]
+            attention = layer.self_attn
+            width, heads = attention.embed_dim, attention.num_heads
+            projected = F.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias)
+            query, keys, values = projected.chunk(3, dim=-1)
+            keys, values = _split_heads(keys, heads), _split_heads(values, heads)
+            if cache is not None:
+                keys, values = torch.cat([cache[2 * i], keys], dim=2), torch.cat([cache[2 * i + 1], values], dim=2)
+            new_cache += [keys, values]
+            mixed = F.scaled_dot_product_attention(_split_heads(query, heads), keys, values)
+            x = x + attention.out_proj(_merge_heads(mixed))
+            attention = layer.multihead_attn
+            query = F.linear(layer.norm2(x), attention.in_proj_weight[:width], attention.in_proj_bias[:width])
+            mixed = F.scaled_dot_product_attention(_split_heads(query, heads), *cross[i])
+            x = x + attention.out_proj(_merge_heads(mixed))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
         return self.out(self.norm(x))[:, -1], new_cache
 
@@ -167,6 +200,7 @@ class CaptionDecoder(nn.Module):
         incremental = cache and not self.training  # dropout is not part of the incremental path
         state: list[torch.Tensor] | None = None
         memory = memory.repeat_interleave(beams, dim=0)
+        cross = self.cross_keys(memory) if incremental else None
         words = torch.full((n * beams, 1), BOS, dtype=torch.long, device=memory.device)
         scores = torch.zeros(n, beams, device=memory.device)
         scores[:, 1:] = -math.inf  # all beams start identical: expand only the first
@@ -175,7 +209,7 @@ class CaptionDecoder(nn.Module):
         rows = torch.arange(n, device=memory.device)[:, None]
         for _ in range(self.max_length):
             if incremental:
-                logits, state = self.next_word_logits(memory, words, state)
+                logits, state = self.next_word_logits(memory, words, state, cross)
             else:
                 logits = self(memory, words)[:, -1]
             logp = logits.float().log_softmax(dim=-1)
@@ -203,6 +237,18 @@ class CaptionDecoder(nn.Module):
             ids = words[i * beams + b, 1:].tolist()
             out.append([t for t in ids if t not in (PAD, EOS)][: self.max_length])
         return out
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(N, L, width) -> (N, heads, L, width / heads)."""
+    n, length, width = x.shape
+    return x.view(n, length, heads, width // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(N, heads, L, d) -> (N, L, heads * d)."""
+    n, heads, length, d = x.shape
+    return x.transpose(1, 2).reshape(n, length, heads * d)
 
 
 def state_for_file(decoder: CaptionDecoder, vocabulary: Sequence[str], image_fingerprint: str) -> tuple[dict, dict]:
