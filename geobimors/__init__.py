@@ -76,6 +76,11 @@ def _settings(scene: str, labels: Sequence[str | Label] | str | Path, **options:
     for key in ("bands",):
         if options.get(key) is not None:
             options[key] = tuple(options[key])
+    captions = options.pop("captions", None)
+    if captions is not None:  # captions="mini": a caption column by that captioner (default generation settings)
+        from geobimors.models.captions import CaptionerSpec
+
+        options["captioner"] = captions if isinstance(captions, CaptionerSpec) else CaptionerSpec(str(captions))
     for key in ("chip_size", "overlap", "head"):
         if options.get(key) is not None:
             options[key] = str(options[key])
@@ -102,7 +107,7 @@ def map_scene(
             (the default) for none, or a mode: ``bar``, ``jsonl`` or ``none``.
         **options: :class:`geobimors.run.plan.MapSettings` fields, e.g.
             ``model="ViT-B-16:openai"``, ``chip_size="640m"``, ``bands=(3, 2, 1)``, ``top_k=3``,
-            ``head="head.safetensors"``.
+            ``head="head.safetensors"``; ``captions="mini"`` adds a ``caption`` column.
 
     Returns:
         One polygon per classified chip in the scene's CRS with ``label``,

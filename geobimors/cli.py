@@ -182,6 +182,11 @@ run_options = _options(
     ),
 )
 
+generation_options = _options(
+    click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit."),
+    click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions."),
+)
+
 captioner_options = _options(
     click.option(
         "--captioner",
@@ -190,8 +195,7 @@ captioner_options = _options(
         "captions; a learned empty-caption embedding).  [default: Salesforce/blip-image-captioning-base when "
         "downloaded, else mini; the paper uses Salesforce/blip2-flan-t5-xl]",
     ),
-    click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit."),
-    click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions."),
+    generation_options,
 )
 
 
@@ -313,8 +317,20 @@ def cli() -> None:
     type=int,
     default=16,
     show_default=True,
-    help="Chips per captioning task (heads with a captioner).",
+    help="Chips per captioning task (heads with a captioner, --captions).",
 )
+@click.option(
+    "--captions",
+    "captions",
+    is_flag=False,
+    flag_value="auto",
+    default=None,
+    help="Also caption every classified chip into a 'caption' column, whatever the head. CAPTIONER: mini "
+    "(bundled, offline), or a BLIP-2 or BLIP id or folder; bare --captions: Salesforce/blip-image-captioning-base "
+    "when downloaded, else mini. Captions are cached and resume with the run; on a CPU they cost more than "
+    "classifying (docs/benchmarks.md).",
+)
+@generation_options
 @click.option("--top-k", type=int, default=3, show_default=True, help="Best labels kept per chip.")
 @device_options
 @dask_options
@@ -364,6 +380,9 @@ def map_command(
     head_path: Path | None,
     batch_size: int,
     caption_batch_size: int,
+    captions: str | None,
+    max_new_tokens: int,
+    num_beams: int,
     top_k: int,
     device: str,
     precision: str,
@@ -420,12 +439,15 @@ def map_command(
     if not scenes:
         raise InputError("missing SCENE (a raster to map), or --from-embeddings STORE to label stored embeddings")
     sources = _scene_sources(scenes, asset, chip["allow_network"])
+    captioner = None
+    if captions is not None:
+        captioner = _captioner_spec(None if captions == "auto" else captions, max_new_tokens, num_beams)
     # Several scenes, a target CRS or a dated scene (a STAC item: its datetime goes in a column) make the
     # many-scene output; one plain scene keeps the single-scene output.
     if sources is not None and (len(sources) > 1 or crs is not None or sources[0].datetime is not None):
-        _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, top_k, device,
-                    precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps, overwrite,
-                    restart, progress_mode, quiet, chip)  # fmt: skip
+        _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, captioner, top_k,
+                    device, precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps,
+                    overwrite, restart, progress_mode, quiet, chip)  # fmt: skip
         return
     scene = sources[0].path if sources is not None else scenes[0]
     out = output if output is not None else Path(_default_output(scene))
@@ -444,6 +466,7 @@ def map_command(
         model=model,
         batch_size=batch_size,
         caption_batch_size=caption_batch_size,
+        captioner=captioner,
         top_k=top_k,
         device=device,
         precision=precision,
@@ -494,6 +517,7 @@ def _map_scenes(
     head_path: Path | None,
     batch_size: int,
     caption_batch_size: int,
+    captioner: Any,
     top_k: int,
     device: str,
     precision: str,
@@ -534,6 +558,7 @@ def _map_scenes(
         model=model,
         batch_size=batch_size,
         caption_batch_size=caption_batch_size,
+        captioner=captioner,
         top_k=top_k,
         device=device,
         precision=precision,
@@ -1245,7 +1270,7 @@ def index_command(
 _PIXEL_OPTIONS = (
     "chip_size", "overlap", "gsd", "bands", "scale_range", "percentiles", "nodata", "min_valid", "allow_no_crs",
     "batch_size", "caption_batch_size", "scheduler", "workers", "restart", "embeddings_dtype", "asset", "fail_fast",
-    "crs", "keep_overlaps",
+    "crs", "keep_overlaps", "captions", "max_new_tokens", "num_beams",
 )  # fmt: skip
 
 
@@ -1346,8 +1371,7 @@ def _map_from_embeddings(
     show_default=True,
     help="Text encoder of the stored caption embeddings ('none': captions only).",
 )
-@click.option("--max-new-tokens", type=int, default=16, show_default=True, help="Caption length limit.")
-@click.option("--num-beams", type=int, default=4, show_default=True, help="Beam search width for captions.")
+@generation_options
 @scenes_options
 @run_options
 @common_options

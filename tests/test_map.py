@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -17,6 +18,7 @@ import shapely
 import geobimors
 from geobimors.heads.classifier import Classifier
 from geobimors.labels import read_labels
+from geobimors.models.captions import CaptionerSpec
 from geobimors.raster.grid import GridSpec, build_grid
 from geobimors.raster.scene import open_scene
 from geobimors.run.execute import LocalExecutor
@@ -176,6 +178,40 @@ def test_api_and_cli_agree(
     assert frame["label"].tolist() == chips["label"].tolist()
     np.testing.assert_allclose(frame["score"], chips["score"], rtol=1e-6)
     assert all(a.equals_exact(b, 1e-6) for a, b in zip(frame.geometry, chips.geometry))
+
+
+def test_captions_column_for_a_zero_shot_map(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, tiny_blip: str, labels_file: Path, tmp_path: Path
+) -> None:
+    """``map --captions`` adds a caption to every classified chip, whatever the head; skipped chips get none."""
+    data = random_rgb(64, 96, seed=4)
+    data[:, :32, :32] = 0  # the first chip is all nodata: skipped, so not captioned either
+    scene = make_geotiff(tmp_path / "scene.tif", data, nodata=0)
+    common = ["-l", labels_file, "-m", tiny_model, "--chip-size", "32"]
+    generation = ["--num-beams", "1", "--max-new-tokens", "3"]
+    plain = tmp_path / "plain.gpkg"
+    assert run_cli(capsys, "map", scene, *common, "-o", plain).exit_code == 0
+    out = tmp_path / "captioned.gpkg"
+    result = run_cli(capsys, "map", scene, *common, "--captions", tiny_blip, *generation, "-o", out)
+    assert result.exit_code == 0, result.err
+    chips, before = read_chips(out), read_chips(plain)
+    assert "caption" in chips.columns and "caption" not in before.columns
+    assert chips.loc[chips["valid_fraction"] == 0, "caption"].isna().all()
+    classified = chips[chips["label"].notna()]
+    assert len(classified) == 5 and classified["caption"].map(lambda c: isinstance(c, str) and c != "").all()
+    # The zero-shot labels are the plain map's: captions are an attribute, not an input, of this head.
+    assert chips["label"].tolist() == before["label"].tolist()
+    np.testing.assert_allclose(chips["score"], before["score"], rtol=1e-6)
+    frame = geobimors.map_scene(
+        scene, labels_file, model=tiny_model, chip_size=32,
+        captions=CaptionerSpec(tiny_blip, max_new_tokens=3, num_beams=1),
+    )  # fmt: skip
+    assert frame["caption"].tolist() == chips["caption"].tolist()
+    # The captioner is part of the run's fingerprint: a captioned run never resumes a plain one's parts.
+    settings = MapSettings(scene=str(scene), labels=tuple(read_labels(labels_file)), model=tiny_model, chip_size="32")
+    spec = CaptionerSpec(tiny_blip, 3, 1)
+    assert plan_map(settings).fingerprint() != plan_map(replace(settings, captioner=spec)).fingerprint()
+    assert plan_map(replace(settings, captioner=spec)).describe()["captioner"] == tiny_blip
 
 
 def test_top_k_and_band_options(

@@ -96,6 +96,17 @@ def test_train_evaluate_and_map_with_a_head(
     assert len(chips) == 4 and chips["caption"].map(lambda c: isinstance(c, str)).all()
     assert set(chips["label"]) <= {"annual crop land", "forest", "residential buildings", "sea or lake"}
     assert (chips["head"] == "head.safetensors").all()
+    # --captions with another captioner than the one the head reads is refused before any work;
+    # naming the head's own captioner is the same run.
+    other = tmp_path / "other.gpkg"
+    assert_one_line_error(
+        run_cli(capsys, "map", scene, "--head", head, "--chip-size", "32", "--captions", "mini", "-o", other),
+        2,
+        f"the head reads captions by {tiny_blip2}",
+    )
+    assert not other.exists()
+    same = run_cli(capsys, "map", scene, "--head", head, "--chip-size", "32", "--captions", tiny_blip2, "-o", other)
+    assert same.exit_code == 0, same.err
 
 
 @pytest.mark.parametrize("kind", ["coop", "cocoop"])

@@ -87,6 +87,8 @@ class MapSettings:
         allow_no_geotransform: map a scene with a CRS but no geotransform in
             pixel coordinates instead of refusing it.
         max_chips: refuse grids with more chips than this (a mistake, usually).
+        captioner: also caption every classified chip into a ``caption`` column, whatever the
+            head (``None``: only a head that reads captions makes them).
     """
 
     scene: str
@@ -111,6 +113,7 @@ class MapSettings:
     allow_network: bool = False
     allow_no_geotransform: bool = False
     max_chips: int = DEFAULT_MAX_CHIPS
+    captioner: CaptionerSpec | None = None
 
 
 @dataclass
@@ -193,6 +196,8 @@ class ScenePlan:
             "top_k": self.top_k,
             "precision": s.precision,
         }
+        if self.captioner is not None:  # added only when set: plans without captions keep their fingerprints
+            payload["captioner"] = asdict(self.captioner)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def describe(self) -> dict[str, str]:
@@ -206,6 +211,7 @@ class ScenePlan:
             "grid": self.grid.describe(),
             "bands": self.band_description,
             "scaling": self.read.scale.describe() if self.read.scale else "8-bit, unchanged",
+            **({"captioner": self.captioner.name} if self.captioner is not None else {}),
         }
 
 
@@ -382,6 +388,13 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         captioner = metadata["config"].get("captioner")
         if metadata["head"] == "bimors" and captioner and captioner.get("name", "none") != "none":
             plan.captioner = CaptionerSpec(**captioner)
+    if settings.captioner is not None:
+        if plan.captioner is not None and plan.captioner.name != settings.captioner.name:
+            raise InputError(
+                f"the head reads captions by {plan.captioner.name}, and those fill the caption column: drop "
+                f"--captions, or pass --captions {plan.captioner.name}"
+            )
+        plan.captioner = plan.captioner or settings.captioner
     return plan
 
 

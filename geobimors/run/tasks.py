@@ -7,6 +7,7 @@ function runs in a thread of this process or on a remote Dask worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ class BatchResult:
         classified: (N,) True for chips that were classified.
         top_index: (M, k) label indexes of the k best labels of each classified chip.
         top_score: (M, k) their probabilities.
-        captions: (M) captions of the classified chips (heads with a captioner).
+        captions: (M) captions of the classified chips (a captioning stage, or a head with a captioner).
         errors: (N) read error per chip (``None`` when every chip was read).
         embeddings: (M, E) pooled image features of the classified chips (``map --embeddings``).
     """
@@ -44,7 +45,7 @@ class BatchResult:
     classified: np.ndarray
     top_index: np.ndarray
     top_score: np.ndarray
-    captions: list[str] | None = None
+    captions: Sequence[str | None] | None = None
     errors: list[str | None] | None = None
     embeddings: np.ndarray | None = None
 
@@ -103,7 +104,7 @@ def classify_batch(
         classified=pixels.keep,
         top_index=top.indices.numpy().astype(np.int32) if top is not None else np.zeros((0, k), np.int32),
         top_score=top.values.numpy().astype(np.float32) if top is not None else np.zeros((0, k), np.float32),
-        captions=texts,
+        captions=texts if texts is not None else given,  # a head that reads none passes the stage's through
         errors=pixels.errors if any(e is not None for e in pixels.errors) else None,
         embeddings=embeddings,
     )

@@ -7,6 +7,7 @@ from qgis.core import Qgis, QgsApplication, QgsMapLayerProxyModel, QgsProject, Q
 from qgis.gui import QgsCheckableComboBox, QgsFileWidget, QgsMapLayerComboBox
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDockWidget,
     QFileDialog,
@@ -96,6 +97,8 @@ class MapPanel(QDockWidget):
         self.bands.setPlaceholderText("e.g. 3,2,1 (default: R,G,B colour interpretation)")
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
+        self.captions = QCheckBox("Caption every chip (bundled captioner; slower)")
+        self.captions.setToolTip("Adds a 'caption' attribute, shown in Identify results and the attribute table")
         self.output = QgsFileWidget()
         self.output.setStorageMode(QgsFileWidget.SaveFile)
         self.output.setFilter("GeoPackage (*.gpkg)")
@@ -105,6 +108,7 @@ class MapPanel(QDockWidget):
         form.addRow("Overlap", self.overlap)
         form.addRow("Bands", self.bands)
         form.addRow("Device", self.device)
+        form.addRow("Captions", self.captions)
         form.addRow("Output", self.output)
 
         self.executable = QLineEdit(configured_executable())
@@ -225,6 +229,7 @@ class MapPanel(QDockWidget):
             overlap=self.overlap.text().strip() or None,
             bands=self.bands.text().strip() or None,
             device=self.device.currentText(),
+            captioner="mini" if self.captions.isChecked() else None,
         )
 
     def run(self):

@@ -59,6 +59,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
     BANDS = "BANDS"
     DEVICE = "DEVICE"
     ALLOW_NETWORK = "ALLOW_NETWORK"
+    CAPTIONER = "CAPTIONER"
     OUTPUT = "OUTPUT"
 
     def shortHelpString(self):
@@ -71,6 +72,8 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             "Chip size and overlap: pixels (224) or ground units (640m).\n\n"
             "Several scenes (more raster layers, or a folder of rasters) are mapped into one output with a "
             "'scene' column.\n\n"
+            "Captioner: 'mini' (bundled, offline) or a BLIP / BLIP-2 id or folder adds a 'caption' attribute to "
+            "every chip (slower than classifying on a CPU); empty: no captions.\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
 
@@ -112,6 +115,9 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             QgsProcessingParameterBoolean(
                 self.ALLOW_NETWORK, "Let a local file (VRT, ...) read network sources", defaultValue=False
             )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(self.CAPTIONER, "Captioner (empty: no captions)", optional=True)
         )
         self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
@@ -157,6 +163,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             bands=self.parameterAsString(parameters, self.BANDS, context) or None,
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             allow_network=self.parameterAsBool(parameters, self.ALLOW_NETWORK, context),
+            captioner=self.parameterAsString(parameters, self.CAPTIONER, context) or None,
         )
         try:
             prefix = configured_prefix()

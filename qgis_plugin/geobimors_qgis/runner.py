@@ -82,6 +82,7 @@ class MapRequest:
     overwrite: bool = True
     regions: bool = False
     allow_network: bool = False  # let a local file (a VRT, ...) read network sources
+    captioner: Optional[str] = None  # a 'caption' attribute per chip by this captioner (mini: bundled)
     extra: List[str] = field(default_factory=list)
 
 
@@ -133,6 +134,7 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
         ("--chip-size", request.chip_size),
         ("--overlap", request.overlap),
         ("--bands", request.bands),
+        ("--captions", request.captioner),
     ):
         if value not in (None, ""):
             args += [option, str(value)]

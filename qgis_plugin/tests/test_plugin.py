@@ -48,6 +48,7 @@ def test_processing_run_gives_a_categorized_layer(iface, small_scene: Path, tmp_
                 "LABELS": "\n".join(LABELS),
                 "MODEL": "mini",
                 "BANDS": "3,2,1",
+                "CAPTIONER": "mini",
                 "OUTPUT": str(out),
             },
         )
@@ -56,6 +57,9 @@ def test_processing_run_gives_a_categorized_layer(iface, small_scene: Path, tmp_
         assert layer.isValid() and layer.featureCount() == 5 * 5
         assert categories(layer) == LABELS  # the style stored in the GeoPackage, loaded by QGIS itself
         assert layer.crs().authid() == "EPSG:31985"
+        # Every chip's caption is an attribute: what Identify and the attribute table show.
+        captions = [feature["caption"] for feature in layer.getFeatures()]
+        assert len(captions) == 25 and all(isinstance(c, str) and c for c in captions)
     finally:
         plugin.unload()
 
@@ -93,6 +97,8 @@ def test_dock_panel_runs_and_adds_the_layer(iface, small_scene: Path, tmp_path: 
         panel.labels.setPlainText("\n".join(LABELS))
         panel.model.setText("mini")
         panel.bands.setText("3,2,1")
+        assert "--captions" not in build_args(panel.request(), None)
+        panel.captions.setChecked(True)
         out = tmp_path / "panel.gpkg"
         panel.output.setFilePath(str(out))
         task = panel.run()
@@ -100,6 +106,8 @@ def test_dock_panel_runs_and_adds_the_layer(iface, small_scene: Path, tmp_path: 
         wait_for(lambda: panel.task is None)
         added = [layer for layer in QgsProject.instance().mapLayers().values() if layer.name().startswith("geobimors")]
         assert len(added) == 1 and categories(added[0]) == LABELS
+        assert "caption" in added[0].fields().names()
+        assert all(isinstance(feature["caption"], str) for feature in added[0].getFeatures())
         order = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers()]
         assert order.index(added[0]) < order.index(raster)  # drawn above the raster
         assert panel.progress.value() == 100
