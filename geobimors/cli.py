@@ -327,8 +327,8 @@ def cli() -> None:
     default=None,
     help="Also caption every classified chip into a 'caption' column, whatever the head. CAPTIONER: mini "
     "(bundled, offline), or a BLIP-2 or BLIP id or folder; bare --captions: Salesforce/blip-image-captioning-base "
-    "when downloaded, else mini. Captions are cached and resume with the run; on a CPU they cost more than "
-    "classifying (docs/benchmarks.md).",
+    "when downloaded, else mini. Captions are cached and resume with the run; mini captions a map of the "
+    "bundled model from the same image pass.",
 )
 @generation_options
 @click.option("--top-k", type=int, default=3, show_default=True, help="Best labels kept per chip.")

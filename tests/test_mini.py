@@ -94,3 +94,34 @@ def test_cli_maps_the_sample_scene_with_real_labels(capsys: pytest.CaptureFixtur
     # Forest and scrub cover the north-west.
     green = chips[(chips["col"].between(1, 6)) & (chips["row"].between(1, 6))]
     assert green["label"].isin(["forest", "herbaceous vegetation", "pasture land"]).mean() >= 0.6
+
+
+def test_map_captions_share_the_bundled_image_pass() -> None:
+    """``--captions mini`` with the bundled model captions from the classifier's own image pass.
+
+    No captioning stage runs; the labels are the plain map's and the captions are what a
+    captioning pass of its own writes for the same chips.
+    """
+    from dataclasses import replace
+
+    from geobimors.models.captions import Captioner, CaptionerSpec
+    from geobimors.raster.read import ChipReader
+    from geobimors.run.pipeline import map_plan
+
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    spec = CaptionerSpec("mini", num_beams=1)
+    settings = MapSettings(
+        scene=str(root / "L7_ETMs.tif"), labels=tuple(read_labels(root / "labels.txt")), bands=(3, 2, 1),
+        device="cpu", captioner=spec,
+    )  # fmt: skip
+    plan = plan_map(settings)
+    assert plan.writes_captions and not plan.captioning_stage and plan.classifier.captioner == spec
+    frame = map_plan(plan, progress_mode="none")
+    plain = map_plan(plan_map(replace(settings, captioner=None)), progress_mode="none")
+    assert "caption" not in plain.columns and frame["label"].tolist() == plain["label"].tolist()
+    np.testing.assert_allclose(frame["score"], plain["score"], atol=1e-6)
+    batch = ChipReader(plan.read).read_batch(list(plan.grid.chips()))
+    assert frame["caption"].tolist() == Captioner(spec, "cpu", cache=None).caption(batch.pixels[batch.keep])
+    # Another captioner keeps a stage of its own (so does a head that reads captions: test_train_cli.py).
+    blip = CaptionerSpec("Salesforce/blip-image-captioning-base")
+    assert plan_map(replace(settings, captioner=blip)).captioning_stage

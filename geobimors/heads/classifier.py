@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from geobimors.heads.base import Head
+from geobimors.heads.base import Head, works_from_embeddings
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import load_model
@@ -29,6 +29,8 @@ class ClassifierSpec:
         precision: ``fp32``, ``bf16`` or ``fp16``.
         templates: prompt templates for zero-shot classification.
         head: path of a trained head checkpoint (``None``: zero-shot).
+        captioner: the bundled ``mini`` captioner, captioning each chip from this classifier's own
+            image pass (the model must be the bundled one; the head must not read captions).
     """
 
     model: str
@@ -37,6 +39,7 @@ class ClassifierSpec:
     precision: str = "fp32"
     templates: tuple[str, ...] = REMOTE_SENSING_TEMPLATES
     head: str | None = None
+    captioner: CaptionerSpec | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -72,16 +75,17 @@ class Classifier:
 
     @property
     def writes_captions(self) -> bool:
-        """True when chips get captions (a head that reads captions from a captioner)."""
-        return self.captioner_spec is not None
+        """True when chips get captions (a head that reads captions, or captions from the same pass)."""
+        return self.captioner_spec is not None or self.spec.captioner is not None
 
     def _caption(self, chips: np.ndarray, given: Sequence[str | None] | None) -> list[str]:
         """Captions of chips: the given ones, the rest generated (loaded on first need, cached on disk)."""
-        assert self.captioner_spec is not None
+        spec = self.captioner_spec or self.spec.captioner
+        assert spec is not None
         captions: list[str | None] = list(given) if given is not None else [None] * len(chips)
         missing = [i for i, c in enumerate(captions) if c is None]
         if missing:
-            captioner = load_captioner(self.captioner_spec, self.spec.device, self.spec.precision)
+            captioner = load_captioner(spec, self.spec.device, self.spec.precision)
             for i, text in zip(missing, captioner.caption(chips[missing])):
                 captions[i] = text
         return [str(c) for c in captions]
@@ -98,11 +102,33 @@ class Classifier:
         """
         if len(chips) == 0:
             return torch.zeros((0, len(self.spec.labels))), [] if self.writes_captions else None
+        if self._shares_pass(captions):
+            logits, shared_texts, _ = self._classify_and_caption(chips)
+            return logits.float().softmax(dim=-1).cpu(), shared_texts
         with self._lock, torch.no_grad():
             texts = self._caption(chips, captions) if self.writes_captions else None
             images = self.clip.preprocess(chips)
             logits = self.head.logits(images, texts)
             return logits.float().softmax(dim=-1).cpu(), texts
+
+    def _shares_pass(self, captions: Sequence[str | None] | None) -> bool:
+        """True when this call captions the chips from the classifier's own image pass."""
+        return self.spec.captioner is not None and captions is None and works_from_embeddings(self.head)
+
+    def _classify_and_caption(self, chips: np.ndarray) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """Logits, captions and pooled features from one pass of the bundled image tower.
+
+        Only the image pass holds the lock: the caption decoder, mostly small steps, runs while
+        another task's batch goes through the tower.
+        """
+        assert self.spec.captioner is not None
+        captioner = load_captioner(self.spec.captioner, self.spec.device, self.spec.precision)
+        with self._lock, torch.no_grad():
+            pooled, tokens = self.clip.encode_images_with_tokens(self.clip.preprocess(chips))
+            logits = self.head.logits_from_embeddings(pooled)
+        with torch.no_grad():
+            texts = captioner.caption_from_features(chips, pooled, tokens)
+        return logits, texts, pooled
 
     def classify_with_features(
         self, chips: np.ndarray, captions: Sequence[str | None] | None = None
@@ -111,6 +137,9 @@ class Classifier:
         if len(chips) == 0:
             probs, texts = self.classify(chips, captions)
             return probs, texts, torch.zeros((0, 0))
+        if self._shares_pass(captions):
+            logits, shared_texts, features = self._classify_and_caption(chips)
+            return logits.float().softmax(dim=-1).cpu(), shared_texts, features.float().cpu()
         with self._lock, torch.no_grad():
             texts = self._caption(chips, captions) if self.writes_captions else None
             logits, features = self.head.logits_and_features(self.clip.preprocess(chips), texts)

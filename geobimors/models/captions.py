@@ -212,6 +212,27 @@ class Captioner:
         found.update(new)
         return [found[key] for key in keys]
 
+    def caption_from_features(self, chips: np.ndarray, pooled: torch.Tensor, tokens: torch.Tensor) -> list[str]:
+        """Captions of chips whose bundled-tower features (pooled, tokens) are already computed (``mini`` only).
+
+        A map that classifies with the bundled model passes its own image pass here, so captions
+        cost the decoder alone. Cached like :meth:`caption` (the same keys: the same captions).
+        """
+        if self._mini is None:
+            raise ModelError(f"captioner {self.spec.name} reads images, not the bundled model's features")
+        keys = [f"{self.spec.key()}|{self.weights_id}|{chip_hash(chip)}" for chip in chips]
+        found = self.cache.get(keys) if self.cache is not None else {}
+        self.cache_hits += len(found)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        if missing:
+            self.calls += 1
+            index = torch.as_tensor(missing, device=pooled.device)
+            new = dict(zip([keys[i] for i in missing], self._mini.caption_features(pooled[index], tokens[index])))
+            if self.cache is not None:
+                self.cache.put(new)
+            found.update(new)
+        return [found[key] for key in keys]
+
 
 _CAPTIONERS: dict[tuple[CaptionerSpec, str, str], Captioner] = {}
 _LOCK = threading.Lock()

@@ -409,7 +409,7 @@ def _captions(
     run: SceneRun, store: RunStore, executor: Executor, progress_mode: str, fail_fast: bool
 ) -> dict[int, str] | None:
     plan = run.plan
-    if plan is None or not plan.writes_captions:
+    if plan is None or not plan.captioning_stage:
         return None
     try:
         return _caption_stage(

@@ -314,7 +314,7 @@ def map_to_file(
         if on_start is not None:
             on_start(executor)
         captions = None
-        if plan.writes_captions:
+        if plan.captioning_stage:
             captions = _caption_stage(
                 plan,
                 executor,
@@ -398,7 +398,7 @@ def map_plan(plan: ScenePlan, progress_mode: str = "bar", executor: Executor | N
     tables: dict[int, pa.Table] = {}
     executor = executor or LocalExecutor()
     captions = None
-    if plan.writes_captions:
+    if plan.captioning_stage:
         captions = _caption_stage(plan, executor, {}, set(), lambda r: None, progress_mode)
     _classify_all(
         plan, executor, lambda table, index: tables.__setitem__(index, table), progress_mode, captions=captions

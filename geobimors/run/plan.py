@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from geobimors._version import __version__
@@ -140,8 +140,16 @@ class ScenePlan:
 
     @property
     def writes_captions(self) -> bool:
-        """True when a captioning stage runs and chips get a caption attribute."""
+        """True when chips get a caption attribute."""
         return self.captioner is not None
+
+    @property
+    def captioning_stage(self) -> bool:
+        """True when captions are made by a stage of their own, before classification.
+
+        Otherwise the classifier captions from its own image pass (the bundled model and captioner).
+        """
+        return self.captioner is not None and self.classifier.captioner is None
 
     @property
     def n_batches(self) -> int:
@@ -395,7 +403,28 @@ def plan_map(settings: MapSettings) -> ScenePlan:
                 f"--captions, or pass --captions {plan.captioner.name}"
             )
         plan.captioner = plan.captioner or settings.captioner
+        if _shares_image_pass(plan):
+            plan.classifier = replace(plan.classifier, captioner=plan.captioner)
     return plan
+
+
+def _shares_image_pass(plan: ScenePlan) -> bool:
+    """True when the classifier can caption each chip from its own image pass (no captioning stage).
+
+    The bundled captioner reads the bundled image tower's features; a map with the bundled model
+    computes them anyway, so its captions cost the decoder alone. A head that reads captions
+    (BiMoRS) needs them before it classifies, so it keeps the captioning stage.
+    """
+    from geobimors.models.captions import MINI_CAPTIONER
+
+    source = resolve_model_name(plan.classifier.model)
+    return (
+        plan.captioner is not None
+        and plan.captioner.name == MINI_CAPTIONER
+        and source.kind == "bundled"
+        and source.arch == "mini"
+        and plan.head_kind != "bimors"
+    )
 
 
 def check_output_safety(output: str | Path, settings: MapSettings) -> None:
