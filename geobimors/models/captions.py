@@ -12,7 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -198,19 +198,14 @@ class Captioner:
 
     def caption(self, chips: np.ndarray | Sequence[np.ndarray], batch_size: int = 16) -> list[str]:
         """Captions of (H, W, 3) uint8 chips, from the cache where possible."""
-        keys = [f"{self.spec.key()}|{self.weights_id}|{chip_hash(chip)}" for chip in chips]
-        found = self.cache.get(keys) if self.cache is not None else {}
-        self.cache_hits += len(found)
-        missing = [i for i, key in enumerate(keys) if key not in found]
-        new: dict[str, str] = {}
-        for start in range(0, len(missing), batch_size):
-            index = missing[start : start + batch_size]
-            for i, text in zip(index, self._generate([chips[i] for i in index])):
-                new[keys[i]] = text
-        if new and self.cache is not None:
-            self.cache.put(new)
-        found.update(new)
-        return [found[key] for key in keys]
+
+        def generate(index: list[int]) -> list[str]:
+            texts: list[str] = []
+            for start in range(0, len(index), batch_size):
+                texts += self._generate([chips[i] for i in index[start : start + batch_size]])
+            return texts
+
+        return self._through_cache(chips, generate)
 
     def caption_from_features(self, chips: np.ndarray, pooled: torch.Tensor, tokens: torch.Tensor) -> list[str]:
         """Captions of chips whose bundled-tower features (pooled, tokens) are already computed (``mini`` only).
@@ -218,16 +213,27 @@ class Captioner:
         A map that classifies with the bundled model passes its own image pass here, so captions
         cost the decoder alone. Cached like :meth:`caption` (the same keys: the same captions).
         """
-        if self._mini is None:
+        mini = self._mini
+        if mini is None:
             raise ModelError(f"captioner {self.spec.name} reads images, not the bundled model's features")
+
+        def generate(index: list[int]) -> list[str]:
+            self.calls += 1
+            rows = torch.as_tensor(index, device=pooled.device)
+            return mini.caption_features(pooled[rows], tokens[rows])
+
+        return self._through_cache(chips, generate)
+
+    def _through_cache(
+        self, chips: np.ndarray | Sequence[np.ndarray], generate: Callable[[list[int]], list[str]]
+    ) -> list[str]:
+        """Captions from the cache, and ``generate(indexes)`` for the chips it does not hold."""
         keys = [f"{self.spec.key()}|{self.weights_id}|{chip_hash(chip)}" for chip in chips]
         found = self.cache.get(keys) if self.cache is not None else {}
         self.cache_hits += len(found)
         missing = [i for i, key in enumerate(keys) if key not in found]
         if missing:
-            self.calls += 1
-            index = torch.as_tensor(missing, device=pooled.device)
-            new = dict(zip([keys[i] for i in missing], self._mini.caption_features(pooled[index], tokens[index])))
+            new = dict(zip([keys[i] for i in missing], generate(missing)))
             if self.cache is not None:
                 self.cache.put(new)
             found.update(new)
