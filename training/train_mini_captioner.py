@@ -111,6 +111,48 @@ def pad(rows: list[list[int]]) -> torch.Tensor:
     return out
 
 
+def train_split_captions(path: Path) -> list[str]:
+    """The train-split captions of a caption jsonl (RSICD, RSITMD, Sydney: text only, no images needed)."""
+    lines = path.read_text().splitlines()
+    return [
+        c for line in lines if (record := json.loads(line))["split"] == "train" for c in record["captions"] if c.strip()
+    ]
+
+
+def pretrain_language_model(
+    decoder: CaptionDecoder, rows: list[list[int]], shape: tuple[int, int, int], args: argparse.Namespace, rng: Any
+) -> list[dict[str, float]]:
+    """Caption-side pre-training: the decoder learns to write captions with an empty image memory.
+
+    ``shape`` is (pooled width, visual tokens, token width) of the image features; the memory is
+    all zeros, so only the word-to-word part of the decoder learns here. Same loss and optimiser
+    as the image-conditioned training that follows.
+    """
+    pooled_dim, n_tokens, token_dim = shape
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, total_iters=100)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=PAD, label_smoothing=args.label_smoothing)
+    log = []
+    for epoch in range(1, args.pretrain_epochs + 1):
+        decoder.train()
+        order = rng.permutation(len(rows))
+        total = 0.0
+        for start in range(0, len(order), args.batch_size):
+            ids = pad([rows[i] for i in order[start : start + args.batch_size]])
+            memory = decoder.memory(torch.zeros(len(ids), pooled_dim), torch.zeros(len(ids), n_tokens, token_dim))
+            logits = decoder(memory, ids[:, :-1])
+            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+            optimizer.step()
+            warmup.step()
+            total += float(loss.detach()) * len(ids)
+        log.append({"pretrain_epoch": epoch, "loss": total / len(rows)})
+        print(json.dumps(log[-1]), flush=True)
+    return log
+
+
 def generate(decoder: CaptionDecoder, vocabulary: list[str], pooled: torch.Tensor, tokens: torch.Tensor, beams: int):
     """Captions of feature rows, in batches."""
     decoder.eval()
@@ -163,6 +205,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     pooled_dim, (_, token_dim) = feats["train"][0].shape[-1], feats["train"][1].shape[-2:]
     decoder = CaptionDecoder(len(vocabulary), token_dim, pooled_dim, args.width, args.layers, args.heads)
     pairs = [(i, encode(c, index, decoder.max_length)) for i, group in enumerate(sets["train"].captions) for c in group]
+    pretraining: dict[str, Any] = {}
+    if args.pretrain_text:
+        # Other datasets' captions in this vocabulary; a caption with a word outside it is left out, so that
+        # the decoder learns no UNK habits.
+        rows = [encode(c, index, decoder.max_length) for f in args.pretrain_text for c in train_split_captions(f)]
+        kept = [row for row in rows if UNK not in row]
+        shape = (pooled_dim, int(feats["train"][1].shape[-2]), token_dim)
+        pretraining = {
+            "files": [str(f) for f in args.pretrain_text],
+            "captions": len(rows),
+            "kept_in_vocabulary": len(kept),
+            "history": pretrain_language_model(decoder, kept, shape, args, rng),
+        }
     steps_per_epoch = (len(pairs) + args.batch_size - 1) // args.batch_size
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, total_iters=steps_per_epoch)
@@ -235,6 +290,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "feature_seconds": feature_seconds,
         "train_seconds": time.monotonic() - started - feature_seconds,
         "best_epoch": best["epoch"],
+        "caption_pretraining": pretraining or None,
         "val_beam": val_beam,
         "test": test_scores,
         "test_nearest_neighbour": nn_scores,
@@ -265,6 +321,15 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--pretrain-text",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="caption jsonl files (RSICD, RSITMD, Sydney) whose train-split captions pre-train the decoder as a "
+        "language model, without images, before UCM-Captions",
+    )
+    parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument(
         "--feature-cache",
         type=Path,
