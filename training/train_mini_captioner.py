@@ -111,6 +111,20 @@ def pad(rows: list[list[int]]) -> torch.Tensor:
     return out
 
 
+def training_step(
+    decoder: CaptionDecoder, memory: torch.Tensor, ids: torch.Tensor, loss_fn: nn.Module, optimizer: Any, schedule: Any
+) -> float:
+    """One teacher-forced step on word ids (N, L) that start with BOS; the batch's mean loss."""
+    logits = decoder(memory, ids[:, :-1])
+    loss = loss_fn(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return float(loss.detach())
+
+
 def train_split_captions(path: Path) -> list[str]:
     """The train-split captions of a caption jsonl (RSICD, RSITMD, Sydney: text only, no images needed)."""
     lines = path.read_text().splitlines()
@@ -140,14 +154,7 @@ def pretrain_language_model(
         for start in range(0, len(order), args.batch_size):
             ids = pad([rows[i] for i in order[start : start + args.batch_size]])
             memory = decoder.memory(torch.zeros(len(ids), pooled_dim), torch.zeros(len(ids), n_tokens, token_dim))
-            logits = decoder(memory, ids[:, :-1])
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-            optimizer.step()
-            warmup.step()
-            total += float(loss.detach()) * len(ids)
+            total += training_step(decoder, memory, ids, loss_fn, optimizer, warmup) * len(ids)
         log.append({"pretrain_epoch": epoch, "loss": total / len(rows)})
         print(json.dumps(log[-1]), flush=True)
     return log
@@ -236,14 +243,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             views = torch.from_numpy(rng.integers(0, 8, len(chosen)))
             memory = decoder.memory(train_pooled[views, images], train_tokens[views, images])
             ids = pad([seq for _, seq in chosen])
-            logits = decoder(memory, ids[:, :-1])
-            loss = loss_fn(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(chosen)
+            total += training_step(decoder, memory, ids, loss_fn, optimizer, schedule) * len(chosen)
         entry: dict[str, Any] = {"epoch": epoch, "loss": total / len(pairs), "elapsed_s": time.monotonic() - started}
         if epoch % args.eval_every == 0 or epoch == args.epochs:
             captions = generate(decoder, vocabulary, feats["val"][0][0], feats["val"][1][0], beams=1)
