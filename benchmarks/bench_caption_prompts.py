@@ -16,13 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from geobimors.heads.zero_shot import ZeroShotHead
 from geobimors.models.clip import ClipModel, load_model
 from geobimors.train.data import LabelledImages, load_image_list
+from geobimors.train.embedding import embed_images
 
 from common import ROOT, machine
 
@@ -61,12 +61,7 @@ def rsitmd_captions() -> dict[str, list[str]]:
 @torch.no_grad()
 def accuracies(clip: ClipModel, data: LabelledImages, keys: list[str | None], captions: dict[str, list[str]]) -> dict:
     """Top-1 for each mixing weight ``w``."""
-    images = torch.cat(
-        [
-            clip.encode_images(clip.preprocess(np.ascontiguousarray(data.images[s : s + 256])))
-            for s in range(0, len(data.images), 256)
-        ]
-    )
+    images = embed_images(clip, data.images, batch_size=256)
     names = ZeroShotHead(clip, data.labels).class_features
     described = [F.normalize(clip.encode_texts(captions[k]).mean(0), dim=-1) if k in captions else None for k in keys]
     out = {}

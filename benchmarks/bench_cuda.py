@@ -36,13 +36,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from bench_map import region_chips
+from bench_map import bare_forward, region_chips
 from rasterio.windows import Window
 
 from geobimors import map_scene
 from geobimors.heads.classifier import get_classifier
 from geobimors.labels import read_labels
-from geobimors.models.clip import load_model
 from geobimors.run.execute import LocalExecutor
 from geobimors.run.pipeline import map_plan
 from geobimors.run.plan import MapSettings, plan_map
@@ -167,25 +166,6 @@ def check_distributed(work: Path) -> dict[str, Any]:
     return result
 
 
-def bare_forward(model_name: str, chips: np.ndarray, batch: int, precision: str) -> float:
-    """Seconds for encode_image over chips already on the GPU (preprocessed outside the timing)."""
-    model = load_model(model_name, GPU, precision)
-    inputs = [model.preprocess(chips[i : i + batch]) for i in range(0, len(chips), batch)]
-    with torch.inference_mode(), model.autocast():
-        model.model.encode_image(inputs[0])  # warm-up: kernels, cuDNN autotuning
-        synchronize()
-        start = time.perf_counter()
-        for x in inputs:
-            model.model.encode_image(x)
-        synchronize()
-    return time.perf_counter() - start
-
-
-def synchronize() -> None:
-    if GPU == "cuda":
-        torch.cuda.synchronize()
-
-
 def check_throughput(work: Path) -> dict[str, Any]:
     scene = make_mosaic(DATA / "mosaic-6144.tif", size=6144)
     out: dict[str, Any] = {}
@@ -205,7 +185,7 @@ def check_throughput(work: Path) -> dict[str, Any]:
             plan = plan_map(settings)
             chips = region_chips(plan)
             get_classifier(plan.classifier)  # model load and text features are not per-chip costs
-            bare = [bare_forward(model, chips, batch, precision) for _ in range(2)]
+            bare = [bare_forward(model, chips, batch, precision, GPU) for _ in range(2)]
             result: dict[str, Any] = {
                 "chips": len(chips),
                 "chip_px": chip,

@@ -47,16 +47,24 @@ def region_chips(plan) -> np.ndarray:  # type: ignore[no-untyped-def]
     return reader.read_batch(list(plan.grid.chips())).pixels
 
 
-def bare_forward(model_name: str, chips: np.ndarray, batch: int, precision: str = "fp32") -> float:
-    """Seconds for encode_image over chips already in memory (preprocessed outside the timing)."""
-    model = load_model(model_name, "cpu", precision)
+def bare_forward(model_name: str, chips: np.ndarray, batch: int, precision: str = "fp32", device: str = "cpu") -> float:
+    """Seconds for encode_image over chips already on the device (preprocessed outside the timing)."""
+    model = load_model(model_name, device, precision)
     inputs = [model.preprocess(chips[i : i + batch]) for i in range(0, len(chips), batch)]
-    model.encode_images(inputs[0][:2])  # warm-up
-    start = time.perf_counter()
     with torch.inference_mode(), model.autocast():
+        model.model.encode_image(inputs[0])  # warm-up: allocator, kernels
+        synchronize(model.device)
+        start = time.perf_counter()
         for x in inputs:
             model.model.encode_image(x)
+        synchronize(model.device)
     return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU's queued work (timings of CUDA calls end when the work does)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def pipeline(settings: MapSettings, workdir: Path) -> tuple[float, int]:
