@@ -13,7 +13,13 @@ Class names are the readable names of :mod:`geobimors.class_names`. Training tim
 wall-clock on this machine, including encoding the shots for probe/tip (their fit
 alone is in ``fit_seconds``). Results are appended to ``--json`` as they finish, and
 a rerun skips the rows already there (run the cheap methods first, then the prompt
-learners), so a partial run is still usable.
+learners), so a partial run is still usable; a row that fails records its error and
+runs again on the next run.
+
+On a machine without ``../shared`` (a lent GPU): ``--pack data.tar.xz`` here writes the
+files the run reads (every other file of the datasets as an empty placeholder, so every
+seeded choice of images is the same), then there ``tar xJf data.tar.xz -C DIR`` and run
+with ``--data DIR --device cuda``. ``benchmarks/eurosat_mini.py`` takes the same options.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from geobimors.heads.checkpoint import build_head
@@ -37,7 +45,7 @@ from geobimors.train.embedding import embed_images, fit_embedding_head
 from geobimors.train.evaluate import evaluate
 from geobimors.train.loop import TrainSettings, train_head
 
-from common import ROOT, machine
+from common import ROOT, machine, pack_data, recorded_reads
 
 SHARED = ROOT.parent / "shared" / "data"
 SPLITS = ROOT / "benchmarks" / "splits"
@@ -45,17 +53,19 @@ SPLITS = ROOT / "benchmarks" / "splits"
 METHODS = ("zero-shot", "probe", "tip", "coop", "cocoop", "bimors", "bimors-captions")
 
 
-def dataset_splits(name: str, shots: int, seed: int, val_per_class: int, eurosat_eval: int) -> dict[str, Any]:
-    """Shots from train, validation images from val, the fixed test images."""
+def dataset_splits(
+    name: str, shots: int, seed: int, val_per_class: int, eurosat_eval: int, shared: Path = SHARED
+) -> dict[str, Any]:
+    """Shots from train, validation images from val, the fixed test images (under ``shared``)."""
     if name == "eurosat":
-        root = SHARED / "eurosat_rgb"
+        root = shared / "eurosat_rgb"
         train = load_image_folder(root / "train", shots, seed)
         # Validation images: other train images than the shots.
         val = load_image_folder(root / "train", val_per_class, seed + 1, exclude=set(train.sources), at_most=True)
         test = load_image_folder(root / "val", eurosat_eval, 0)
         return {"train": train, "val": val, "test": test, "test_split": f"val ({eurosat_eval} per class, seed 0)"}
     record = json.loads((SPLITS / f"{name}.json").read_text())
-    root = SHARED / Path(record["root"]).name
+    root = shared / Path(record["root"]).name
     splits = record["splits"]
     return {
         "train": load_image_list(root, splits["train"], shots, seed),
@@ -72,6 +82,7 @@ def run_one(
     test_features: torch.Tensor,
     seed: int,
     settings: TrainSettings,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train (unless zero-shot) and score one method on one dataset and shot count."""
     train, val, test = data["train"], data["val"], data["test"]
@@ -79,18 +90,18 @@ def run_one(
     if method == "zero-shot":
         head = ZeroShotHead(clip, test.labels)
         logits = clip.logit_scale * test_features @ head.class_features.T
-        return {"accuracy": float((logits.argmax(1) == targets).float().mean()), "train_seconds": 0.0}
+        return {"accuracy": float((logits.argmax(1).cpu() == targets).float().mean()), "train_seconds": 0.0}
     torch.manual_seed(seed)
     spec = CaptionerSpec("mini" if method == "bimors-captions" else "none")
     head = build_head(method.removesuffix("-captions"), clip, train.labels, 4, "a photo of a", spec)
-    captions = caption_function(head, "cpu", "fp32")  # None unless the head reads captions
+    captions = caption_function(head, device, "fp32")  # None unless the head reads captions
     start = time.monotonic()
     extra: dict[str, Any] = {}
     if isinstance(head, EmbeddingHead):
         _, details = fit_embedding_head(head, train, val, seed)
         seconds = time.monotonic() - start
         logits = head.logits_from_embeddings(test_features)
-        accuracy = float((logits.argmax(1) == targets).float().mean())
+        accuracy = float((logits.argmax(1).cpu() == targets).float().mean())
         extra = {"fit_seconds": details["fit_seconds"], "choice": details["choice"]}
     else:
         result = train_head(head, train, val, settings, captions, "none")
@@ -120,21 +131,44 @@ def timing_1000(clip: ClipModel, seed: int = 0) -> dict[str, Any]:
     return timings
 
 
+def pack_shared_data(args: argparse.Namespace, out: Path) -> None:
+    """Write a tar of the shared-data files this run reads (:func:`common.pack_data`)."""
+    with recorded_reads() as needed:
+        for name in args.datasets:
+            for shots in args.shots:
+                for seed in args.seeds:
+                    dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class, args.data)
+    roots = {"eurosat": "eurosat_rgb", "ucmerced": "ucmerced", "aid": "aid_subset"}
+    pack_data(args.data, [roots[name] for name in args.datasets], needed, out)
+
+
 def markdown_table(report: dict[str, Any], shots: tuple[int, ...] = (1, 4, 16)) -> str:
-    """Top-1 (training seconds) per dataset, method and shot count, from the report's rows."""
-    rows = report.get("results", [])
+    """Top-1 (training seconds) per dataset, method and shot count, from the report's rows.
+
+    With several seeds a cell is the mean top-1 +- its standard deviation over the seeds, and the
+    mean training time.
+    """
+    rows = [r for r in report.get("results", []) if "error" not in r]
     lines = ["| dataset | method | " + " | ".join(f"{k}-shot" for k in shots) + " |"]
     lines.append("|---|---|" + "---|" * len(shots))
+
+    def cell(found: list[dict[str, Any]]) -> str:
+        accuracy = np.array([r["accuracy"] for r in found])
+        seconds = float(np.mean([r["train_seconds"] for r in found]))
+        if len(found) == 1:
+            return f"{accuracy[0]:.3f} ({seconds:.0f} s)"
+        return f"{accuracy.mean():.3f} ± {accuracy.std():.3f} ({seconds:.0f} s, {len(found)} seeds)"
+
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         for method in METHODS:
-            found = {r["shots"]: r for r in rows if r["dataset"] == dataset and r["method"] == method}
-            if not found:
+            mine = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+            if not mine:
                 continue
             if method == "zero-shot":
-                cells = [f"{found[0]['accuracy']:.3f}"] * len(shots)
+                cells = [f"{mine[0]['accuracy']:.3f}"] * len(shots)
             else:
                 cells = [
-                    f"{found[k]['accuracy']:.3f} ({found[k]['train_seconds']:.0f} s)" if k in found else "not run"
+                    cell([r for r in mine if r["shots"] == k]) if any(r["shots"] == k for r in mine) else "not run"
                     for k in shots
                 ]
             lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
@@ -152,13 +186,21 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Prompt learners' batch size (paper: 4).")
     parser.add_argument("--val-per-class", type=int, default=4)
     parser.add_argument("--eurosat-eval-per-class", type=int, default=100)
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, heads and captioner")
     parser.add_argument("--timing", action="store_true", help="Only time probe/tip on 1,000 examples.")
     parser.add_argument("--table", action="store_true", help="Only print the Markdown table of --json.")
+    parser.add_argument(
+        "--pack", type=Path, default=None, help="Only write a .tar.xz of the data files this run reads (see --data)."
+    )
     args = parser.parse_args()
     if args.table:
         print(markdown_table(json.loads(args.json.read_text())))
         return
-    clip = load_model("mini", device="cpu")
+    if args.pack is not None:
+        pack_shared_data(args, args.pack)
+        return
+    clip = load_model("mini", device=args.device)
     if args.timing:
         report = json.loads(args.json.read_text()) if args.json.exists() else {}
         report["timing_1000"] = {**timing_1000(clip), "machine": machine()}
@@ -171,13 +213,13 @@ def main() -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k != "json"
+            if k not in ("json", "data")
         ),
         "results": [],
     }
     if args.json.exists():  # resume: keep finished rows, run the rest
         previous = json.loads(args.json.read_text())
-        report["results"] = previous.get("results", [])
+        report["results"] = [r for r in previous.get("results", []) if "error" not in r]  # errors run again
         report["runs"] = previous.get("runs", [])
     report.setdefault("runs", []).append({"command": report.pop("command"), "machine": report["machine"]})
     done = {(r["dataset"], r["method"], r["shots"], r["seed"]) for r in report["results"]}
@@ -196,11 +238,15 @@ def main() -> None:
                 ]
                 if not todo:
                     continue
-                data = dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class)
+                data = dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class, args.data)
                 if test_features is None:
                     test_features = embed_images(clip, data["test"].images)
                 for method in todo:
-                    row = run_one(clip, method, data, test_features, seed, settings_for[seed])
+                    try:
+                        row = run_one(clip, method, data, test_features, seed, settings_for[seed], args.device)
+                    except Exception as error:  # keep the other rows of a long run; the error is the row
+                        traceback.print_exc()
+                        row = {"error": f"{type(error).__name__}: {error}"}
                     row.update(
                         run=len(report["runs"]),
                         dataset=name,

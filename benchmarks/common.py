@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
 import os
 import platform
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -36,6 +41,44 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+@contextlib.contextmanager
+def recorded_reads() -> Iterator[set[Path]]:
+    """Record every image file that :mod:`geobimors.train.data` reads inside the block (for :func:`pack_data`)."""
+    import geobimors.train.data as data
+
+    seen: set[Path] = set()
+    original = data.read_rgb
+
+    def read(path: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.add(Path(path))
+        return original(path, *args, **kwargs)
+
+    data.read_rgb = read
+    try:
+        yield seen
+    finally:
+        data.read_rgb = original
+
+
+def pack_data(shared: Path, folders: list[str], needed: set[Path], out: Path) -> None:
+    """Write ``out`` (.tar.xz): the ``needed`` files of ``shared``'s ``folders``, every other file empty.
+
+    For running a benchmark on a machine without the shared data (a lent GPU): the empty
+    placeholders keep folder listings, and with them every seeded choice of images, the same.
+    """
+    wanted = {path.resolve() for path in needed}
+    with tarfile.open(out, "w:xz") as tar:
+        for folder in folders:
+            for path in sorted((shared / folder).rglob("*")):
+                if path.is_file():
+                    arcname = str(path.relative_to(shared))
+                    if path.resolve() in wanted:
+                        tar.add(path, arcname)
+                    else:
+                        tar.addfile(tarfile.TarInfo(arcname))
+    print(json.dumps({"pack": str(out), "files": len(wanted), "bytes": out.stat().st_size}))
 
 
 def window_vrt(path: Path, window: Window, out: Path) -> Path:

@@ -31,7 +31,7 @@ from geobimors.train.data import load_image_folder
 from geobimors.train.evaluate import evaluate, evaluate_base_to_new
 from geobimors.train.loop import TrainSettings, train_head
 
-from common import ROOT, machine
+from common import ROOT, machine, pack_data, recorded_reads
 
 EUROSAT = ROOT.parent / "shared" / "data" / "eurosat_rgb"
 PLAIN = PLAIN_CLASS_NAMES
@@ -42,9 +42,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "eurosat.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--data", type=Path, default=EUROSAT.parent, help="the shared data folder")
+    parser.add_argument("--device", default="cpu", help="torch device for the model and heads")
+    parser.add_argument(
+        "--pack", type=Path, default=None, help="Only write a .tar.xz of the data files this run reads (see --data)."
+    )
     args = parser.parse_args()
-    clip = load_model("mini", device="cpu")
-    val = load_image_folder(EUROSAT / "val")
+    eurosat = args.data / "eurosat_rgb"
+    if args.pack is not None:
+        with recorded_reads() as needed:
+            load_image_folder(eurosat / "val")
+            for seed in args.seeds:
+                load_training_data(eurosat / "train", args.shots, seed=seed, classes="base", val_shots=16)
+        pack_data(args.data, ["eurosat_rgb"], needed, args.pack)
+        return
+    clip = load_model("mini", device=args.device)
+    val = load_image_folder(eurosat / "val")
     folders = sorted(PLAIN)
     plain = [Label(PLAIN[f], PLAIN[f]) for f in folders]
     paraphrased = [Label(HELD_OUT_PARAPHRASES[f], HELD_OUT_PARAPHRASES[f]) for f in folders]
@@ -62,7 +75,7 @@ def main() -> None:
     runs = []
     for kind in ("coop", "cocoop", "bimors"):
         for seed in args.seeds:
-            data = load_training_data(EUROSAT / "train", args.shots, seed=seed, classes="base", val_shots=16)
+            data = load_training_data(eurosat / "train", args.shots, seed=seed, classes="base", val_shots=16)
             data.train.labels = plain[:5]
             assert data.val is not None
             data.val.labels = plain[:5]
