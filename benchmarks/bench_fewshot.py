@@ -177,7 +177,12 @@ def markdown_table(report: dict[str, Any], shots: tuple[int, ...] = (1, 4, 16)) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "fewshot.json")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="results (default: docs/benchmarks/fewshot.json; with --timing fewshot-timing.json)",
+    )
     parser.add_argument("--datasets", nargs="+", default=["eurosat", "ucmerced", "aid"])
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -194,6 +199,8 @@ def main() -> None:
         "--pack", type=Path, default=None, help="Only write a .tar.xz of the data files this run reads (see --data)."
     )
     args = parser.parse_args()
+    if args.json is None:
+        args.json = ROOT / "docs" / "benchmarks" / ("fewshot-timing.json" if args.timing else "fewshot.json")
     if args.table:
         print(markdown_table(json.loads(args.json.read_text())))
         return
