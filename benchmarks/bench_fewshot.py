@@ -138,8 +138,7 @@ def pack_shared_data(args: argparse.Namespace, out: Path) -> None:
             for shots in args.shots:
                 for seed in args.seeds:
                     dataset_splits(name, shots, seed, args.val_per_class, args.eurosat_eval_per_class, args.data)
-    roots = {"eurosat": "eurosat_rgb", "ucmerced": "ucmerced", "aid": "aid_subset"}
-    pack_data(args.data, [roots[name] for name in args.datasets], needed, out)
+    pack_data(args.data, needed, out)
 
 
 def markdown_table(report: dict[str, Any], shots: tuple[int, ...] = (1, 4, 16)) -> str:
@@ -167,10 +166,10 @@ def markdown_table(report: dict[str, Any], shots: tuple[int, ...] = (1, 4, 16)) 
             if method == "zero-shot":
                 cells = [f"{mine[0]['accuracy']:.3f}"] * len(shots)
             else:
-                cells = [
-                    cell([r for r in mine if r["shots"] == k]) if any(r["shots"] == k for r in mine) else "not run"
-                    for k in shots
-                ]
+                by_shots: dict[int, list[dict[str, Any]]] = {}
+                for r in mine:
+                    by_shots.setdefault(r["shots"], []).append(r)
+                cells = [cell(by_shots[k]) if k in by_shots else "not run" for k in shots]
             lines.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -62,15 +62,17 @@ def recorded_reads() -> Iterator[set[Path]]:
         data.read_rgb = original
 
 
-def pack_data(shared: Path, folders: list[str], needed: set[Path], out: Path) -> None:
-    """Write ``out`` (.tar.xz): the ``needed`` files of ``shared``'s ``folders``, every other file empty.
+def pack_data(shared: Path, needed: set[Path], out: Path) -> None:
+    """Write ``out`` (.tar.xz): the ``needed`` files of ``shared``, every other file of their datasets empty.
 
     For running a benchmark on a machine without the shared data (a lent GPU): the empty
     placeholders keep folder listings, and with them every seeded choice of images, the same.
+    A dataset is a top-level folder of ``shared`` that holds a needed file.
     """
+    root = shared.resolve()
     wanted = {path.resolve() for path in needed}
     with tarfile.open(out, "w:xz") as tar:
-        for folder in folders:
+        for folder in sorted({path.relative_to(root).parts[0] for path in wanted}):
             for path in sorted((shared / folder).rglob("*")):
                 if path.is_file():
                     arcname = str(path.relative_to(shared))

@@ -54,7 +54,7 @@ def main() -> None:
             load_image_folder(eurosat / "val")
             for seed in args.seeds:
                 load_training_data(eurosat / "train", args.shots, seed=seed, classes="base", val_shots=16)
-        pack_data(args.data, ["eurosat_rgb"], needed, args.pack)
+        pack_data(args.data, needed, args.pack)
         return
     clip = load_model("mini", device=args.device)
     val = load_image_folder(eurosat / "val")

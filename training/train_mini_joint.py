@@ -45,7 +45,8 @@ Leave-one-dataset-out (``--leave-out ucmerced|aid``; selection on the other data
         --out out/lodo-ucmerced/selected.safetensors
     .venv/bin/python benchmarks/bench_mini_zero_shot.py --weights out/lodo-ucmerced/selected.safetensors
 
-EuroSAT left out: stage 1 has seen EuroSAT, so the image tower starts from scratch (about 116 s per epoch)::
+EuroSAT left out: stage 1 has seen EuroSAT, so the image tower starts from scratch (about 116 s per epoch;
+the model card also reports ``--epochs 12``)::
 
     .venv/bin/python training/train_mini_joint.py ../shared/data --init scratch --leave-out eurosat --epochs 6 \
         --work out/lodo-eurosat --data-cache out/mini-joint/data-cache --out out/lodo-eurosat/selected.safetensors
