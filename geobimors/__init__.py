@@ -189,11 +189,14 @@ def classify(data: xr.DataArray, labels: Sequence[str | Label] = (), **options: 
     return _classify(data, labels, **options)
 
 
-def load_model(name: str = "mini", device: str = "auto", precision: str = "fp32") -> ClipModel:
-    """Load a CLIP model by name, once per process (see :mod:`geobimors.models.clip`)."""
+def load_model(name: str = "mini", device: str = "auto", precision: str = "fp32", tta: int = 1) -> ClipModel:
+    """Load a CLIP model by name, once per process (see :mod:`geobimors.models.clip`).
+
+    ``tta`` (2, 4 or 8) averages image features over turned and mirrored views of each image.
+    """
     from geobimors.models.clip import load_model as _load
 
-    return _load(name, device, precision)
+    return _load(name, device, precision, tta)
 
 
 def load_head(path: str | Path, model: str | None = None, device: str = "auto", precision: str = "fp32") -> Head:

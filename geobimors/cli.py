@@ -70,6 +70,16 @@ device_options = _options(
     ),
 )
 
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["1", "2", "4", "8"]),
+    callback=lambda ctx, param, value: int(value),
+    default="1",
+    show_default=True,
+    help="Test-time augmentation: average each chip's image features over 2 (+ mirror image), 4 (the four "
+    "90-degree turns) or 8 (turns and mirror) views; N views take N image passes.",
+)
+
 MODEL_HELP = (
     "CLIP model: mini (bundled, offline), ARCH:TAG (ViT-B-16:openai), ARCH:/path/weights, "
     "ARCH:hf-hub:ORG/REPO/FILE, hf-hub:ORG/REPO, or a local-dir: model folder."
@@ -332,6 +342,7 @@ def cli() -> None:
 )
 @generation_options
 @click.option("--top-k", type=int, default=3, show_default=True, help="Best labels kept per chip.")
+@tta_option
 @device_options
 @dask_options
 @click.option("--regions", is_flag=True, help="Also write a 'regions' layer of adjacent same-label chips merged.")
@@ -384,6 +395,7 @@ def map_command(
     max_new_tokens: int,
     num_beams: int,
     top_k: int,
+    tta: int,
     device: str,
     precision: str,
     scheduler: str | None,
@@ -447,7 +459,7 @@ def map_command(
     if sources is not None and (len(sources) > 1 or crs is not None or sources[0].datetime is not None):
         _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, captioner, top_k,
                     device, precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps,
-                    overwrite, restart, progress_mode, quiet, chip)  # fmt: skip
+                    overwrite, restart, progress_mode, quiet, {**chip, "tta": tta})  # fmt: skip
         return
     scene = sources[0].path if sources is not None else scenes[0]
     out = output if output is not None else Path(_default_output(scene))
@@ -471,6 +483,7 @@ def map_command(
         device=device,
         precision=precision,
         head=str(head_path) if head_path is not None else None,
+        tta=tta,
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -563,6 +576,7 @@ def _map_scenes(
         device=device,
         precision=precision,
         head=str(head_path) if head_path is not None else None,
+        tta=chip["tta"],
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -942,6 +956,7 @@ def train_command(
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
 @click.option("--confusion", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix CSV.")
+@tta_option
 @device_options
 @common_options
 def evaluate_command(
@@ -963,6 +978,7 @@ def evaluate_command(
     batch_size: int,
     json_path: Path | None,
     confusion: Path | None,
+    tta: int,
     device: str,
     precision: str,
     quiet: bool,
@@ -995,6 +1011,9 @@ def evaluate_command(
     if task == "captioning":
         if head_path is not None:
             raise InputError("--task captioning scores a captioner (--captioner); drop --head")
+        if tta != 1:
+            raise InputError("--tta averages the image features of classification and retrieval; drop it with "
+                             "--task captioning")  # fmt: skip
         _evaluate_captioning(data, captioner, split, images_root, device, precision, json_path, quiet)
         return
     if retrieval:
@@ -1012,6 +1031,7 @@ def evaluate_command(
             view_blend=view_blend,
             caption_guidance=caption_guidance,
             captioner=captioner,
+            tta=tta,
         )
         _report_retrieval(report, data, json_path, quiet)
         return
@@ -1026,6 +1046,7 @@ def evaluate_command(
         device=device,
         precision=precision,
         batch_size=batch_size,
+        tta=tta,
     )
     evaluation = report.pop("_evaluation")
     if json_path is not None:
@@ -1033,7 +1054,10 @@ def evaluate_command(
     if confusion is not None:
         evaluation.write_confusion_csv(confusion)
     if not quiet:
-        click.echo(f"accuracy: {report['accuracy']:.4f} on {report['n']} images ({report['head']}, {report['model']})")
+        setting = f"{report['head']}, {report['model']}"
+        if tta != 1:
+            setting += f", mean of {tta} turned/mirrored views"
+        click.echo(f"accuracy: {report['accuracy']:.4f} on {report['n']} images ({setting})")
         width = max(len(name) for name in report["per_class_accuracy"])
         for name, value in report["per_class_accuracy"].items():
             click.echo(f"  {name:<{width}}  {value:.4f}")
@@ -1059,6 +1083,8 @@ def _report_retrieval(report: dict[str, Any], data: Path, json_path: Path | None
             setting += f" ({report['view_aggregation']})"
         if "caption_guidance" in report:
             setting += f", caption guidance {report['caption_guidance']} ({report['captioner']})"
+        if report.get("tta", 1) != 1:
+            setting += f", mean of {report['tta']} turned/mirrored views"
         click.echo(
             f"image-text retrieval: {report['n_images']} images, {report['n_captions']} captions "
             f"({report['split']} split of {data.name}, {setting})"
@@ -1270,7 +1296,7 @@ def index_command(
 _PIXEL_OPTIONS = (
     "chip_size", "overlap", "gsd", "bands", "scale_range", "percentiles", "nodata", "min_valid", "allow_no_crs",
     "batch_size", "caption_batch_size", "scheduler", "workers", "restart", "embeddings_dtype", "asset", "fail_fast",
-    "crs", "keep_overlaps", "captions", "max_new_tokens", "num_beams",
+    "crs", "keep_overlaps", "captions", "max_new_tokens", "num_beams", "tta",
 )  # fmt: skip
 
 
@@ -1346,6 +1372,7 @@ def _map_from_embeddings(
 @chip_options
 @safety_options
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Chips per task and forward pass.")
+@tta_option
 @device_options
 @dask_options
 @click.option(
@@ -1380,6 +1407,7 @@ def embed_command(
     output: Path | None,
     model: str,
     batch_size: int,
+    tta: int,
     device: str,
     precision: str,
     scheduler: str | None,
@@ -1418,6 +1446,7 @@ def embed_command(
     from geobimors.run.plan import MapSettings
 
     sources = _scene_sources(scenes, asset, chip["allow_network"])
+    chip["tta"] = tta
     if sources is not None and len(sources) > 1:
         _embed_scenes(sources, output, model, batch_size, device, precision, scheduler, workers, dtype, captioner,
                       caption_encoder, max_new_tokens, num_beams, fail_fast, overwrite, restart, progress_mode, quiet,
@@ -1439,6 +1468,7 @@ def embed_command(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        tta=chip["tta"],
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -1504,6 +1534,7 @@ def _embed_scenes(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        tta=chip["tta"],
         **_chip_settings(chip),
         **_safety_settings(chip),
     )

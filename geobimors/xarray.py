@@ -32,6 +32,7 @@ from affine import Affine
 from geobimors.errors import InputError
 from geobimors.heads.classifier import ClassifierSpec, get_classifier
 from geobimors.labels import Label, labels_from_names
+from geobimors.models.clip import check_tta
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 from geobimors.raster.grid import ChipGrid, GridSpec, build_grid
 from geobimors.raster.read import ArrayChipReader, ReadSpec
@@ -128,6 +129,7 @@ def classify(
     head: str | None = None,
     templates: Sequence[str] = REMOTE_SENSING_TEMPLATES,
     progress: bool = False,
+    tta: int = 1,
 ) -> xr.Dataset:
     """Classify every chip of a (band, y, x) DataArray.
 
@@ -154,10 +156,13 @@ def classify(
         head: trained head checkpoint.
         templates: prompt templates for zero-shot classification.
         progress: show a progress bar (tqdm.auto: a widget in notebooks) when computing in-memory input.
+        tta: test-time augmentation: classify the mean features of 1 (off), 2, 4 or 8 turned and
+            mirrored views of each chip (N views take N image passes).
 
     Returns:
         The Dataset described in the module docs.
     """
+    check_tta(tta)
     model, label_list = _model_and_labels(model, labels, head)
     info = _scene_info(data)
     if info.crs is None:
@@ -168,7 +173,7 @@ def classify(
     values = data.data if data.ndim == 3 else data.data[None]
     nodata = nodata if nodata is not None else info.nodata
     read = ReadSpec(info.path, grid, selection.indexes, None, nodata, min_valid)
-    spec = ClassifierSpec(model, tuple(label_list), device, precision, tuple(templates), head=head)
+    spec = ClassifierSpec(model, tuple(label_list), device, precision, tuple(templates), head=head, tta=tta)
     scale = _lazy_scale_range(values, info, selection.indexes, scale_range, percentiles, nodata)
     stacked = _lazy_rows(values, grid, scale, read, spec)
     dataset = _dataset(stacked, grid, [lb.name for lb in label_list], spec)

@@ -256,3 +256,26 @@ def test_a_local_cluster_leaves_this_process_environment_alone(monkeypatch: pyte
     finally:
         executor.close()
     assert settings() == before
+
+
+def test_the_scheduler_connect_timeout_is_dask_s_own_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--scheduler waits as long as Dask's configured connect timeout (a slow network can raise it), and says so."""
+    import dask
+    import distributed
+
+    from geobimors.errors import InputError
+
+    asked: list[object] = []
+
+    def unreachable(address: str, timeout: object = None, **kwargs: Any) -> None:
+        asked.append(timeout)
+        raise OSError(f"Timed out trying to connect to {address} after {timeout}")
+
+    monkeypatch.setattr(distributed, "Client", unreachable)
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "75s"}),
+        pytest.raises(InputError, match="DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT") as raised,
+    ):
+        DistributedExecutor("tcp://head:8786")
+    assert asked == ["75s"]
+    assert "cannot reach the Dask scheduler at tcp://head:8786" in str(raised.value)

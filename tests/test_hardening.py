@@ -159,6 +159,16 @@ MOUNTS: list[Path] = []
 
 
 @pytest.fixture(autouse=True)
+def quick_dask_connect() -> Iterator[None]:
+    """An unreachable scheduler is given up after 3 s here, not Dask's default 30 s."""
+    import dask
+    import distributed  # noqa: F401  (its defaults must be in dask's config first: leaving the set would drop them)
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+        yield
+
+
+@pytest.fixture(autouse=True)
 def unmount() -> Iterator[None]:
     yield
     while MOUNTS:

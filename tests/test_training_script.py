@@ -75,3 +75,23 @@ def test_training_script_writes_loadable_weights(tmp_path: Path) -> None:
     assert not unexpected
     assert all(key.startswith("text.transformer.") for key in missing)
     assert '"history"' in log.read_text()
+
+
+def test_coarser_mosaics_are_made_of_their_own_class() -> None:
+    """``train_mini_joint.py --mosaic``: a mosaic holds images of the picked image's class only."""
+    sys.path.insert(0, str(ROOT / "training"))
+    import train_mini_joint
+
+    targets = torch.arange(3).repeat_interleave(4)  # 3 classes x 4 images
+    # Image j of class c is one flat value 60 c + j: a mosaic's values tell where its tiles came from.
+    values = (60 * targets + torch.arange(12) % 4).to(torch.uint8)
+    images = values.view(12, 1, 1, 1).expand(12, 12, 12, 3).contiguous()
+    picked = torch.tensor([0, 5, 11, 3, 7, 8])
+    same, mask = train_mini_joint.coarser_mosaics(images, targets, picked, torch.Generator().manual_seed(0), 0.0)
+    assert not mask.any() and torch.equal(same, images[picked])
+    mosaics, mask = train_mini_joint.coarser_mosaics(images, targets, picked, torch.Generator().manual_seed(0), 1.0)
+    assert mask.all() and mosaics.shape == (6, 12, 12, 3) and mosaics.dtype == torch.uint8
+    for mosaic, index in zip(mosaics, picked.tolist()):
+        own = set(values[targets == targets[index]].tolist())
+        assert set(mosaic.unique().tolist()) <= own
+    assert max(len(m.unique()) for m in mosaics) > 1  # tiles of several images, not the picked one alone

@@ -147,6 +147,36 @@ def augment(
     return x
 
 
+def coarser_mosaics(
+    images: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, generator: torch.Generator, share: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The picked (N, S, S, 3) uint8 images, a ``share`` of them replaced by mosaics of their class.
+
+    A mosaic is 2 x 2 or 3 x 3 random training images of the picked image's class, each turned by a
+    random multiple of 90 degrees and shrunk to fit: the same land use seen over a 4-9x larger footprint
+    at 2-3x the ground distance, which is how an aerial class looks from a coarser satellite.
+
+    Returns:
+        The images and a boolean mask of the mosaics.
+    """
+    out = images[idx].clone()
+    mosaic = torch.rand(len(idx), generator=generator) < share
+    side = images.shape[1]
+    for i in torch.nonzero(mosaic).flatten().tolist():
+        k = int(torch.randint(2, 4, (1,), generator=generator))
+        members = torch.nonzero(targets == targets[idx[i]]).flatten()
+        tiles = images[members[torch.randint(0, len(members), (k * k,), generator=generator)]]
+        tiles = F.interpolate(tiles.permute(0, 3, 1, 2).float(), size=(side // k, side // k), mode="area")
+        turns = torch.randint(0, 4, (k * k,), generator=generator).tolist()
+        tiles = torch.stack([torch.rot90(t, r, (1, 2)) for t, r in zip(tiles, turns)])
+        rows = [torch.cat(list(tiles[r * k : (r + 1) * k]), dim=2) for r in range(k)]
+        whole = torch.cat(rows, dim=1)[None]
+        if whole.shape[-1] != side:
+            whole = F.interpolate(whole, size=(side, side), mode="bilinear", align_corners=False)
+        out[i] = whole[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+    return out, mosaic
+
+
 @torch.no_grad()
 def pooled_text(model: Any, tokenizer: Any, texts: list[str], batch: int = 256) -> torch.Tensor:
     """Mean-pooled MiniLM embeddings (before the trained projection) of texts; the tower is frozen.
@@ -185,14 +215,23 @@ def step_loss(
     shares: dict[str, int],
     generator: torch.Generator,
     caption_weight: float,
+    mosaic_share: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one balanced batch: per-dataset class cross-entropy plus UCM image-caption InfoNCE."""
-    inputs, picks = [], {}
+    """Loss of one balanced batch: per-dataset class cross-entropy plus UCM image-caption InfoNCE.
+
+    ``mosaic_share`` of the aerial images become mosaics of their class (:func:`coarser_mosaics`);
+    a mosaic has no caption of its own, so it sits out the caption loss.
+    """
+    inputs, picks, mosaics = [], {}, {}
     for name, count in shares.items():
         d = data[name]
         idx = torch.randint(0, len(d["images"]), (count,), generator=generator)
         picks[name] = idx
-        inputs.append(augment(d["images"][idx], generator, d["min_area"], d["max_blur"], clip.image_size[0]))
+        if name != "eurosat" and mosaic_share > 0:
+            images, mosaics[name] = coarser_mosaics(d["images"], d["targets"], idx, generator, mosaic_share)
+        else:
+            images = d["images"][idx]
+        inputs.append(augment(images, generator, d["min_area"], d["max_blur"], clip.image_size[0]))
     x = clip.normalize(torch.cat(inputs)).contiguous(memory_format=torch.channels_last)
     features = F.normalize(model.encode_image(x), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
@@ -205,13 +244,16 @@ def step_loss(
         texts = class_targets(model, d["bank"], count, generator, 4)
         parts[name] = F.cross_entropy(scale * torch.einsum("bd,bcd->bc", f, texts), d["targets"][idx])
         if "captions" in d:
-            choice = torch.randint(0, d["captions"].shape[1], (count,), generator=generator)
+            if name in mosaics:
+                f, idx = f[~mosaics[name]], idx[~mosaics[name]]
+            n = len(idx)
+            choice = torch.randint(0, d["captions"].shape[1], (n,), generator=generator)
             caps = F.normalize(model.text.proj(d["captions"][idx, choice]), dim=-1)
             sims = scale * f @ caps.T
             labels = d["targets"][idx]
-            same = (labels[:, None] == labels[None, :]) & ~torch.eye(count, dtype=torch.bool)
+            same = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool)
             sims = sims.masked_fill(same, float("-inf"))
-            diagonal = torch.arange(count)
+            diagonal = torch.arange(n)
             parts["captions"] = (F.cross_entropy(sims, diagonal) + F.cross_entropy(sims.T, diagonal)) / 2
     total = sum(shares.values())
     loss = sum(parts[name] * shares[name] / total for name in shares) + caption_weight * parts.get(
@@ -451,7 +493,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         tick = time.time()
         sums: dict[str, float] = {}
         for _ in range(args.steps_per_epoch):
-            loss, parts = step_loss(model, clip, data, shares, generator, args.caption_weight)
+            loss, parts = step_loss(model, clip, data, shares, generator, args.caption_weight, args.mosaic)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -496,6 +538,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_steps": args.warmup_steps,
         "weight_decay": args.weight_decay,
         "caption_weight": args.caption_weight,
+        "mosaic_share": args.mosaic,
         "seed": args.seed,
         "torch_threads": torch.get_num_threads(),
         "selection": "best mean of val zero-shot top-1 (EuroSAT, UC Merced joint val, AID val) and UCM-Captions val mR",
@@ -546,6 +589,12 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--caption-weight", type=float, default=0.5)
+    parser.add_argument(
+        "--mosaic",
+        type=float,
+        default=0.0,
+        help="share of aerial images replaced by 2x2 / 3x3 mosaics of their class (coarser-sensor views)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit-per-class", type=int, default=None, help="smoke runs: fewer images")

@@ -34,7 +34,7 @@ from geobimors.embeddings.store import (
 )
 from geobimors.errors import GeobimorsError, RunError, warn
 from geobimors.models.captions import CaptionerSpec, load_captioner
-from geobimors.models.clip import ClipModel, load_model
+from geobimors.models.clip import ClipModel, check_tta, load_model
 from geobimors.progress import Progress
 from geobimors.raster.read import ChipReader, ReadSpec
 from geobimors.raster.scene import SceneInfo
@@ -57,6 +57,7 @@ class EmbedderSpec:
         precision: ``fp32``, ``bf16`` or ``fp16``.
         captioner: captioner of the chips (``None``: no captions).
         caption_encoder: text encoder of the captions (``None``: captions only, no caption embeddings).
+        tta: test-time augmentation views (1, 2, 4 or 8; :meth:`ClipModel.with_tta`).
     """
 
     model: str
@@ -64,6 +65,7 @@ class EmbedderSpec:
     precision: str = "fp32"
     captioner: CaptionerSpec | None = None
     caption_encoder: str | None = None
+    tta: int = 1
 
 
 class Embedder:
@@ -71,7 +73,7 @@ class Embedder:
 
     def __init__(self, spec: EmbedderSpec) -> None:
         self.spec = spec
-        self.clip: ClipModel = load_model(spec.model, spec.device, spec.precision)
+        self.clip: ClipModel = load_model(spec.model, spec.device, spec.precision, spec.tta)
         self.encoder: Any = None
         if spec.captioner is not None and spec.caption_encoder is not None:
             from geobimors.models.caption_encoder import load_caption_encoder
@@ -227,7 +229,8 @@ class EmbedPlan:
             "nodata": read.nodata,
             "min_valid": read.min_valid,
             "batch_size": self.settings.batch_size,
-            "embedder": asdict(self.embedder),
+            # tta only when set: plans without it keep their fingerprints (and resume)
+            "embedder": {k: v for k, v in asdict(self.embedder).items() if k != "tta" or v != 1},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -267,6 +270,7 @@ def plan_embed(
         settings.precision,
         captioner,
         caption_encoder if captioner is not None else None,
+        check_tta(settings.tta),
     )
     return EmbedPlan(replace(settings, model=model, gsd=gsd), read, spec, dtype, bands, scene)
 
@@ -303,6 +307,7 @@ def embed_meta(plan: EmbedPlan, embedder: Embedder, dtype: str = "float32") -> S
         captioner=plan.embedder.captioner.name if plan.embedder.captioner is not None else None,
         caption_model=plan.embedder.caption_encoder if embedder.encoder is not None else None,
         caption_dim=int(embedder.encoder.dim) if embedder.encoder is not None else None,
+        tta=plan.embedder.tta,
     )
 
 
@@ -524,6 +529,7 @@ def map_store_meta(plan: Any, clip: ClipModel) -> StoreMeta:
         gsd=resolved_gsd(plan.settings, plan.scene, plan.classifier.model),
         precision=plan.settings.precision,
         captioner=plan.captioner.name if plan.captioner is not None else None,
+        tta=plan.classifier.tta,
     )
 
 

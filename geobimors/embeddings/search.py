@@ -692,7 +692,7 @@ def store_model(store: EmbeddingStore | StoreSet, model: str | None, device: str
     from geobimors.models.clip import load_model
 
     name = model or str(store.meta.model)
-    clip = load_model(name, device)
+    clip = load_model(name, device, tta=store.meta.tta)  # example images embedded as the chips were
     store.check_model(name, clip.fingerprint)
     return clip
 

@@ -93,6 +93,8 @@ class StoreMeta:
         precision: autocast precision of the image pass (``fp32``, ``bf16``, ``fp16``).
         nodata: nodata value given for the scene (``None``: the scene's own masks).
         min_valid: smallest valid-pixel fraction of a stored chip.
+        tta: test-time augmentation: each embedding is the mean over this many turned and mirrored
+            views of its chip (1: the chip as read).
         n_chips: number of chips in the grid (valid or not).
         format_version: store format version.
         geobimors_version: version of geobimors that wrote the store.
@@ -118,6 +120,7 @@ class StoreMeta:
     precision: str = "fp32"
     nodata: float | None = None
     min_valid: float = 0.5
+    tta: int = 1
     n_chips: int = 0
     format_version: int = FORMAT_VERSION
     geobimors_version: str = __version__
@@ -162,6 +165,8 @@ class StoreMeta:
             "precision": self.precision,
             "nodata": self.nodata,
         }
+        if self.tta != 1:  # added only when set: stores without it keep their chip ids
+            payload["tta"] = self.tta
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def to_json(self) -> str:
@@ -194,6 +199,7 @@ class StoreMeta:
             f"chips {self.chip_size[0]} x {self.chip_size[1]} px"
             + (f" at {self.gsd:g} m/px" if self.gsd else "")
             + f", bands {','.join(map(str, self.bands))}"
+            + (f", mean of {self.tta} turned/mirrored views" if self.tta != 1 else "")
         )
 
 
@@ -792,6 +798,7 @@ def make_meta(
     captioner: str | None = None,
     caption_model: str | None = None,
     caption_dim: int | None = None,
+    tta: int = 1,
 ) -> StoreMeta:
     """Store metadata for chips read with a :class:`~geobimors.raster.read.ReadSpec`.
 
@@ -807,6 +814,7 @@ def make_meta(
         captioner: captioner name when captions are stored.
         caption_model: caption encoder name when caption embeddings are stored.
         caption_dim: caption embedding width.
+        tta: views each embedding is the mean of (:attr:`StoreMeta.tta`).
     """
     _arrow_dtype(dtype)
     grid = read.grid
@@ -831,5 +839,6 @@ def make_meta(
         precision=precision,
         nodata=read.nodata,
         min_valid=float(read.min_valid),
+        tta=tta,
         n_chips=len(grid),
     )

@@ -31,6 +31,8 @@ class ClassifierSpec:
         head: path of a trained head checkpoint (``None``: zero-shot).
         captioner: the bundled ``mini`` captioner, captioning each chip from this classifier's own
             image pass (the model must be the bundled one; the head must not read captions).
+        tta: test-time augmentation: image features averaged over 1, 2, 4 or 8 turned and
+            mirrored views of each chip (:func:`geobimors.models.clip.dihedral_views`).
     """
 
     model: str
@@ -40,6 +42,7 @@ class ClassifierSpec:
     templates: tuple[str, ...] = REMOTE_SENSING_TEMPLATES
     head: str | None = None
     captioner: CaptionerSpec | None = None
+    tta: int = 1
 
     @property
     def class_names(self) -> list[str]:
@@ -61,7 +64,7 @@ class Classifier:
         from geobimors.heads.zero_shot import ZeroShotHead
 
         self.spec = spec
-        self.clip = load_model(spec.model, spec.device, spec.precision)
+        self.clip = load_model(spec.model, spec.device, spec.precision, spec.tta)
         self.head: Head
         if spec.head is None:
             self.head = ZeroShotHead(self.clip, spec.labels, spec.templates)

@@ -19,6 +19,7 @@ Checkpoints are never unpickled unsafely: safetensors, or ``torch.load`` with
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import os
@@ -38,6 +39,8 @@ from geobimors.files import default_cache_dir
 
 RANDOM_WEIGHTS = ("random", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: Allowed ``--tta`` values: 1 (off); 2 (+ the mirror image); 4 (the four 90-degree turns); 8 (turns x mirror).
+TTA_VIEWS = (1, 2, 4, 8)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -198,6 +201,35 @@ def resolve_device(device: str) -> torch.device:
     raise ModelError(f"--device {device!r}: use auto, cpu or cuda")
 
 
+def check_tta(views: int) -> int:
+    """Validate ``--tta``.
+
+    Raises:
+        ModelError: for a count other than 1, 2, 4 or 8.
+    """
+    if views not in TTA_VIEWS:
+        raise ModelError(
+            f"--tta {views}: use 1 (off), 2 (+ the mirror image), 4 (the four 90-degree turns) or 8 (turns and mirror)"
+        )
+    return views
+
+
+def dihedral_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
+    """The first ``views`` of the 8 turns and mirror images of (N, C, H, W) images, the original first.
+
+    Overhead imagery has no "up": a chip turned or mirrored shows the same ground. 2 views are the
+    chip and its mirror image, 4 its four 90-degree turns, 8 the turns of both.
+    """
+    check_tta(views)
+    if views == 2:
+        return [images, images.flip(-1)]
+    turns = [torch.rot90(images, k, (-2, -1)) for k in range(4)]
+    if views == 8:
+        mirrored = images.flip(-1)
+        turns += [torch.rot90(mirrored, k, (-2, -1)) for k in range(4)]
+    return turns[:views]
+
+
 def check_precision(precision: str, device: torch.device) -> str:
     """Validate ``--precision`` for a device.
 
@@ -223,6 +255,8 @@ class ClipModel:
         image_size: model input size (height, width).
         native_gsd: ground resolution (m/px) the model was trained at, if known.
         default_chip_size: chip size (px at ``native_gsd``) the model expects, if known.
+        tta: test-time augmentation: image features are the mean over this many turned and
+            mirrored views of each image (:func:`dihedral_views`; 1: off). Set by :meth:`with_tta`.
     """
 
     def __init__(
@@ -253,6 +287,19 @@ class ClipModel:
         self._fingerprint: str | None = None
         # Set by loaders that can name their weights cheaply: text features are then cached on disk.
         self.text_cache_key: str | None = None
+        self.tta = 1
+
+    def with_tta(self, views: int) -> ClipModel:
+        """The same model (same weights, not copied) averaging image features over ``views`` turned/mirrored views.
+
+        Raises:
+            ModelError: for a count other than 1, 2, 4 or 8.
+        """
+        if check_tta(views) == self.tta:
+            return self
+        other = copy.copy(self)
+        other.tta = views
+        return other
 
     @property
     def logit_scale(self) -> float:
@@ -283,17 +330,31 @@ class ClipModel:
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised image features (float32) of preprocessed images."""
+        """L2-normalised image features (float32) of preprocessed images.
+
+        With :attr:`tta` views, the normalised mean of the views' normalised features.
+        """
+        if self.tta > 1:
+            return self._mean_over_views([self._encode(v) for v in dihedral_views(images, self.tta)])
+        return self._encode(images)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             features = self.model.encode_image(images)
         return F.normalize(features.float(), dim=-1)
+
+    @staticmethod
+    def _mean_over_views(features: list[torch.Tensor]) -> torch.Tensor:
+        return F.normalize(torch.stack(features).mean(0), dim=-1)
 
     @torch.no_grad()
     def encode_images_with_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Image features and the visual tokens they were pooled from, in one forward pass.
 
         Tokens are the vision transformer's output tokens (ViTs), or the positions
-        of the last feature map (CNNs), as (N, T, W) float32.
+        of the last feature map (CNNs), as (N, T, W) float32. With :attr:`tta` views, the
+        features are averaged over the views as in :meth:`encode_images`; the tokens, whose
+        positions turn with the image, are the original view's.
 
         Returns:
             L2-normalised features (N, E) and tokens (N, T, W).
@@ -328,7 +389,10 @@ class ClipModel:
         tokens = captured[-1].float()
         if tokens.dim() == 4:  # (N, C, H, W) feature map -> (N, H*W, C) positions
             tokens = tokens.flatten(2).transpose(1, 2)
-        return F.normalize(features.float(), dim=-1), tokens
+        pooled = F.normalize(features.float(), dim=-1)
+        if self.tta > 1:
+            pooled = self._mean_over_views([pooled] + [self._encode(v) for v in dihedral_views(images, self.tta)[1:]])
+        return pooled, tokens
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -492,13 +556,15 @@ _CACHE: dict[tuple[str, str, str], ClipModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def load_model(name: str, device: str = "auto", precision: str = "fp32") -> ClipModel:
+def load_model(name: str, device: str = "auto", precision: str = "fp32", tta: int = 1) -> ClipModel:
     """Load a CLIP model once per process (later calls return the cached model).
 
     Args:
         name: model name (see module docs).
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16`` (CUDA only).
+        tta: test-time augmentation views (1, 2, 4 or 8; see :meth:`ClipModel.with_tta`); the
+            weights are loaded once whatever the count.
 
     Returns:
         The loaded model.
@@ -506,13 +572,14 @@ def load_model(name: str, device: str = "auto", precision: str = "fp32") -> Clip
     Raises:
         ModelError: if the name is unknown or the weights cannot be obtained or loaded.
     """
+    check_tta(tta)
     torch_device = resolve_device(device)
     check_precision(precision, torch_device)
     key = (name, str(torch_device), precision)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
-            return cached
+            return cached.with_tta(tta)
         source = resolve_model_name(name)
         try:
             model = _build(source, torch_device, precision)
@@ -521,4 +588,4 @@ def load_model(name: str, device: str = "auto", precision: str = "fp32") -> Clip
         except Exception as exc:  # torch, safetensors, hub and open_clip raise many types
             raise describe_load_failure(name, exc) from exc
         _CACHE[key] = model
-        return model
+        return model.with_tta(tta)

@@ -166,12 +166,15 @@ class DistributedExecutor:
         self.cluster = None
         self.gpu = gpu
         if address is not None:
+            # Dask's own setting (30 s unless configured), so that a cluster's users set it as for any Dask client.
+            timeout = dask.config.get("distributed.comm.timeouts.connect")
             try:
-                self.client = Client(address, timeout="10s")
+                self.client = Client(address, timeout=timeout)
             except (OSError, TimeoutError) as exc:
                 raise InputError(
                     f"cannot reach the Dask scheduler at {address} ({str(exc).splitlines()[0] if str(exc) else exc}); "
-                    "check the address and that `dask scheduler` is running"
+                    "check the address and that `dask scheduler` is running (a slow network: raise Dask's connect "
+                    "timeout, e.g. DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=60s)"
                 ) from None
             self.description = f"Dask cluster at {address}"
         else:

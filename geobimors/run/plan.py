@@ -16,7 +16,7 @@ from geobimors.errors import InputError, warn
 from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
-from geobimors.models.clip import resolve_model_name
+from geobimors.models.clip import check_tta, resolve_model_name
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid, metres_per_unit
 from geobimors.raster.read import ReadSpec
 from geobimors.raster.safety import is_user_url, network_guard
@@ -89,6 +89,8 @@ class MapSettings:
         max_chips: refuse grids with more chips than this (a mistake, usually).
         captioner: also caption every classified chip into a ``caption`` column, whatever the
             head (``None``: only a head that reads captions makes them).
+        tta: test-time augmentation: classify the mean image features of 1 (off), 2, 4 or 8
+            turned and mirrored views of each chip (``--tta``; N views cost N image passes).
     """
 
     scene: str
@@ -114,6 +116,7 @@ class MapSettings:
     allow_no_geotransform: bool = False
     max_chips: int = DEFAULT_MAX_CHIPS
     captioner: CaptionerSpec | None = None
+    tta: int = 1
 
 
 @dataclass
@@ -206,6 +209,8 @@ class ScenePlan:
         }
         if self.captioner is not None:  # added only when set: plans without captions keep their fingerprints
             payload["captioner"] = asdict(self.captioner)
+        if self.classifier.tta != 1:  # likewise
+            payload["tta"] = self.classifier.tta
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def describe(self) -> dict[str, str]:
@@ -355,10 +360,12 @@ def work_estimate(plan: ScenePlan) -> str:
     """One line on the work a plan implies, printed before a run starts."""
     grid = plan.grid
     read_pixels = len(grid) * grid.chip_width * grid.chip_height
-    model_pixels = len(grid) * grid.out_width * grid.out_height
+    views = plan.classifier.tta
+    model_pixels = len(grid) * grid.out_width * grid.out_height * views
     return (
         f"{len(grid):,} chips ({grid.n_rows:,} x {grid.n_cols:,}) in {plan.n_batches:,} batches: "
         f"{read_pixels / 1e6:,.1f} Mpx read, {model_pixels / 1e6:,.1f} Mpx to the model"
+        + (f" ({views} turned/mirrored views per chip, --tta)" if views > 1 else "")
     )
 
 
@@ -387,7 +394,9 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         raise InputError("classification needs at least two labels; pass --labels FILE")
     scene, grid, read, bands = plan_reading(settings, model)
     head = str(Path(settings.head).absolute()) if settings.head else None
-    classifier = ClassifierSpec(model, tuple(labels), settings.device, settings.precision, head=head)
+    classifier = ClassifierSpec(
+        model, tuple(labels), settings.device, settings.precision, head=head, tta=check_tta(settings.tta)
+    )
     plan = ScenePlan(settings, scene, grid, read, classifier, bands)
     if settings.caption_batch_size < 1:
         raise InputError(f"--caption-batch-size must be at least 1, got {settings.caption_batch_size}")

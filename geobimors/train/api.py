@@ -15,7 +15,7 @@ from geobimors.heads.base import Head
 from geobimors.heads.checkpoint import build_head, load_head, save_head
 from geobimors.heads.probe import EmbeddingHead
 from geobimors.models.captions import CaptionerSpec, load_captioner
-from geobimors.models.clip import load_model
+from geobimors.models.clip import check_tta, load_model
 from geobimors.train.data import (
     DEFAULT_MIN_PURITY,
     LabelledImages,
@@ -246,6 +246,7 @@ def evaluate_data(
     device: str = "auto",
     precision: str = "fp32",
     batch_size: int = 64,
+    tta: int = 1,
 ) -> dict[str, Any]:
     """Evaluate a head (or zero-shot CLIP) on an ImageFolder tree.
 
@@ -260,6 +261,7 @@ def evaluate_data(
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16``.
         batch_size: images per forward pass.
+        tta: test-time augmentation views (1, 2, 4 or 8; :meth:`ClipModel.with_tta`).
 
     Returns:
         A JSON-ready report with an ``accuracy`` field.
@@ -269,12 +271,13 @@ def evaluate_data(
 
     if protocol not in ("all", "base-to-new"):
         raise InputError(f"--protocol {protocol!r}: use all or base-to-new")
+    check_tta(tta)
     path = Path(data)
     root = path / "val" if (path / "val").is_dir() else path
     images = load_image_folder(root, limit_per_class, seed, labels_file, at_most=True)
     metadata = read_metadata(head) if head is not None else None
     model_name = model or (str(metadata["clip_model"]) if metadata else "mini")
-    clip = load_model(model_name, device, precision)
+    clip = load_model(model_name, device, precision, tta)
     evaluated: Head = load_head(head, clip) if head is not None else ZeroShotHead(clip, images.labels)
     captions = caption_function(evaluated, device, precision)
     overall = evaluate(evaluated, images, batch_size, captions)
@@ -282,6 +285,7 @@ def evaluate_data(
         "data": str(root),
         "model": model_name,
         "head": str(head) if head is not None else "zero-shot",
+        "tta": tta,
         **overall.to_dict(),
     }
     if protocol == "base-to-new":

@@ -360,6 +360,7 @@ def evaluate_retrieval(
     view_blend: float | None = None,
     caption_guidance: float | None = None,
     captioner: str = "mini",
+    tta: int = 1,
 ) -> dict[str, Any]:
     """Image-text retrieval of a CLIP model on one split of a caption set.
 
@@ -376,6 +377,8 @@ def evaluate_retrieval(
         view_blend: ``None`` for max-response over all views, else the sub-views' weight against the full view.
         caption_guidance: ``None`` (off) or the weight of keyword guidance (:func:`guided_similarity`).
         captioner: the captioner of keyword guidance (``mini``, or a BLIP / BLIP-2 checkpoint).
+        tta: each view's features averaged over 1, 2, 4 or 8 of its turns and mirror images
+            (:meth:`~geobimors.models.clip.ClipModel.with_tta`).
 
     Returns:
         A JSON-ready report: recalls in percent, ``mR``, the counts and the setting.
@@ -385,12 +388,13 @@ def evaluate_retrieval(
     """
     import torch
 
-    from geobimors.models.clip import load_model
+    from geobimors.models.clip import check_tta, load_model
     from geobimors.raster.images import read_rgb
 
     check_retrieval_options(views, view_blend, caption_guidance, captioner)
+    check_tta(tta)
     data = load_caption_set(captions, split, images_root)
-    clip = load_model(model, device, precision)
+    clip = load_model(model, device, precision, tta)
     guide = load_retrieval_captioner(captioner, device, precision) if caption_guidance is not None else None
     first = read_rgb(data.images[0])
     size = (first.shape[1], first.shape[0])  # a few UC Merced images are off-size: all take the first's size
@@ -413,6 +417,7 @@ def evaluate_retrieval(
         "n_captions": len(data.texts),
         "views": views,
         "view_aggregation": "max" if view_blend is None else f"blend {view_blend}",
+        "tta": tta,
     }
     if guide is not None and caption_guidance is not None:
         with torch.no_grad():

@@ -37,6 +37,8 @@ from .search_algorithm import SearchEmbeddingsAlgorithm
 from .settings import configured_prefix
 
 DEVICES = ["auto", "cpu", "cuda"]
+TTA_CHOICES = ["off", "2 views (+ mirror image)", "4 views (90-degree turns)", "8 views (turns and mirror)"]
+TTA_VIEWS = [1, 2, 4, 8]
 
 
 class MapSceneAlgorithm(GeobimorsAlgorithm):
@@ -60,6 +62,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
     DEVICE = "DEVICE"
     ALLOW_NETWORK = "ALLOW_NETWORK"
     CAPTIONER = "CAPTIONER"
+    TTA = "TTA"
     OUTPUT = "OUTPUT"
 
     def shortHelpString(self):
@@ -74,6 +77,8 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             "'scene' column.\n\n"
             "Captioner: 'mini' (bundled, offline) or a BLIP / BLIP-2 id or folder adds a 'caption' attribute to "
             "every chip (slower than classifying on a CPU); empty: no captions.\n\n"
+            "Test-time augmentation: classify the mean of 2, 4 or 8 turned and mirrored views of each chip "
+            "(overhead imagery has no 'up'); a little more accurate, N times the work.\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
 
@@ -120,6 +125,9 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             QgsProcessingParameterString(self.CAPTIONER, "Captioner (empty: no captions)", optional=True)
         )
         self.addParameter(
+            QgsProcessingParameterEnum(self.TTA, "Test-time augmentation", options=TTA_CHOICES, defaultValue=0)
+        )
+        self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
         )
 
@@ -164,6 +172,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
             allow_network=self.parameterAsBool(parameters, self.ALLOW_NETWORK, context),
             captioner=self.parameterAsString(parameters, self.CAPTIONER, context) or None,
+            tta=TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)],
         )
         try:
             prefix = configured_prefix()

@@ -83,6 +83,7 @@ class MapRequest:
     regions: bool = False
     allow_network: bool = False  # let a local file (a VRT, ...) read network sources
     captioner: Optional[str] = None  # a 'caption' attribute per chip by this captioner (mini: bundled)
+    tta: int = 1  # classify the mean of 2, 4 or 8 turned/mirrored views of each chip (N times the work)
     extra: List[str] = field(default_factory=list)
 
 
@@ -138,6 +139,8 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
     ):
         if value not in (None, ""):
             args += [option, str(value)]
+    if request.tta != 1:
+        args += ["--tta", str(request.tta)]
     if request.overwrite:
         args.append("--overwrite")
     if request.regions:

@@ -49,6 +49,7 @@ def test_processing_run_gives_a_categorized_layer(iface, small_scene: Path, tmp_
                 "MODEL": "mini",
                 "BANDS": "3,2,1",
                 "CAPTIONER": "mini",
+                "TTA": 3,  # 8 turned/mirrored views per chip
                 "OUTPUT": str(out),
             },
         )
@@ -164,6 +165,12 @@ def test_arguments_never_go_through_a_shell(tmp_path: Path) -> None:
     assert args[args.index("--bands") + 1] == "3,2,1" and args[args.index("--progress") + 1] == "jsonl"
     assert started["labels"] == f"forest\n`touch {marker}`\n"
     assert not Path(args[args.index("--labels") + 1]).exists()  # the temporary labels file is removed
+
+
+def test_test_time_augmentation_is_opt_in() -> None:
+    assert "--tta" not in build_args(MapRequest(scene="a.tif", output="o.gpkg"), None)
+    args = build_args(MapRequest(scene="a.tif", output="o.gpkg", tta=8), None)
+    assert args[args.index("--tta") + 1] == "8"
 
 
 def test_network_reach_is_opt_in() -> None:
