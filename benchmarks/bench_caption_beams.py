@@ -10,7 +10,6 @@ Each width captions every image of UCM-Captions val (where a width would be chos
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from geobimors.models.clip import load_model
 from geobimors.train.captioning import METRICS, evaluate_captioning
 
-from common import ROOT, machine
+from common import ROOT, machine, write_report
 
 CAPTIONS = ROOT.parent / "shared" / "data" / "captions" / "ucm_captions.jsonl"
 OUT = ROOT / "docs" / "benchmarks" / "captioner-beams.json"
@@ -47,10 +46,8 @@ def main() -> None:
         "data": str(CAPTIONS.relative_to(ROOT.parent)),
         "scores": scores,
     }
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(f"wrote {args.json}\n")
+    write_report(args.json, report)
+    print()
     print("| beams | val BLEU-4 | val CIDEr | test BLEU-4 | test CIDEr |")
     print("|---|---|---|---|---|")
     for beams, row in scores.items():

@@ -31,7 +31,7 @@ from geobimors.models.captions import Captioner, CaptionerSpec
 from geobimors.raster.read import ChipReader
 from geobimors.run.plan import MapSettings, plan_map
 
-from common import ROOT, machine
+from common import ROOT, machine, write_report
 
 SCENE = ROOT / "sample_data" / "L7_ETMs.tif"
 LABELS = ROOT / "sample_data" / "labels.txt"
@@ -100,10 +100,7 @@ def main() -> None:
         "captioner": "mini (max 16 words, no cache)",
         "rows": rows,
     }
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(f"wrote {args.json}")
+    write_report(args.json, report)
 
 
 if __name__ == "__main__":

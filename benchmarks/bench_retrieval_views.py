@@ -20,7 +20,6 @@ Re-run it after the bundled weights change: it prints the markdown table of docs
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from geobimors.train.retrieval import (
     retrieval_recalls,
 )
 
-from common import ROOT, machine
+from common import ROOT, machine, write_report
 
 CAPTIONS = ROOT.parent / "shared" / "data" / "captions" / "ucm_captions.jsonl"
 OUT = ROOT / "docs" / "benchmarks" / "retrieval-views.json"
@@ -159,10 +158,8 @@ def main() -> None:
         "caption_guidance_with_chosen_views": both_table,
         "caption_examples": {split: f["examples"] for split, f in feats.items()},
     }
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(f"wrote {args.json}\n")
+    write_report(args.json, report)
+    print()
     print("| setting (chosen on val) | val mR | test I2T R@1 | R@5 | R@10 | T2I R@1 | R@5 | R@10 | test mR |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():

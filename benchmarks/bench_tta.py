@@ -37,7 +37,7 @@ from geobimors.train.data import LabelledImages, load_image_folder, load_image_l
 from geobimors.train.retrieval import load_caption_set, retrieval_recalls
 
 from bench_mini_zero_shot import SHARED, SPLITS, top1
-from common import ROOT, machine
+from common import ROOT, machine, write_report
 
 OUT = ROOT / "docs" / "benchmarks" / "tta.json"
 SCENES = (("cogeo.tif", "1,2,3"), ("L7_ETMs.tif", "3,2,1"), ("RGB.byte.tif", "1,2,3"))
@@ -110,11 +110,8 @@ def main() -> None:
         "map_chips_per_second": throughput,
         "seconds": round(time.monotonic() - started, 1),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(args.json)
-    print(f"wrote {args.json}\n")
+    write_report(args.json, report)
+    print()
     columns = list(next(iter(accuracy.values())))
     print("| --tta | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")

@@ -83,6 +83,15 @@ def pack_data(shared: Path, needed: set[Path], out: Path) -> None:
     print(json.dumps({"pack": str(out), "files": len(wanted), "bytes": out.stat().st_size}))
 
 
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report atomically (a temporary file renamed into place) and say so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
 def window_vrt(path: Path, window: Window, out: Path) -> Path:
     """Write a VRT exposing one window of a raster (reads go to the source file)."""
     with rasterio.open(path) as ds:

@@ -20,7 +20,7 @@ from geobimors.errors import ModelError
 from geobimors.models.clip import dihedral_views, load_model
 from geobimors.run.plan import MapSettings, plan_map
 
-from cli_helpers import assert_one_line_error, run_cli
+from cli_helpers import CliResult, assert_one_line_error, run_cli
 from rasters import make_geotiff, random_rgb
 
 CHIP = 16
@@ -87,6 +87,29 @@ def test_a_model_with_tta_shares_the_weights_and_is_invariant(tiny_model: str) -
     torch.testing.assert_close(norms := base.norm(dim=-1), torch.ones_like(norms))
 
 
+def _run_each(
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    scenes: tuple[Path, Path],
+    options: list[object],
+    folder: Path,
+    suffix: str,
+) -> dict[tuple[str, str], tuple[Path, CliResult]]:
+    """``geobimors COMMAND`` on the scene and its turned copy, each with ``--tta 1`` and ``--tta 8``; all succeed.
+
+    Returns:
+        The output and the result of each run, by (``scene`` or ``turned``, tta).
+    """
+    runs = {}
+    for tta in ("1", "8"):
+        for name, path in zip(("scene", "turned"), scenes):
+            out = folder / f"{name}-{tta}{suffix}"
+            result = run_cli(capsys, command, path, *options, "--tta", tta, "-o", out)
+            assert result.exit_code == 0, result.err
+            runs[name, tta] = (out, result)
+    return runs
+
+
 def _chips(path: Path) -> gpd.GeoDataFrame:
     return gpd.read_file(path, layer="chips").sort_values(["row", "col"]).reset_index(drop=True)
 
@@ -94,22 +117,17 @@ def _chips(path: Path) -> gpd.GeoDataFrame:
 def test_map_with_tta_labels_turned_chips_alike(
     capsys: pytest.CaptureFixture[str], tiny_model: str, scenes: tuple[Path, Path], labels_file: Path, tmp_path: Path
 ) -> None:
-    scene, turned = scenes
     common = ["-l", labels_file, "-m", tiny_model, "--chip-size", str(CHIP), "--top-k", "4", "--progress", "none"]
-    maps = {}
-    for tta in ("1", "8"):
-        for name, path in (("scene", scene), ("turned", turned)):
-            out = tmp_path / f"{name}-{tta}.gpkg"
-            result = run_cli(capsys, "map", path, *common, "--tta", tta, "-o", out)
-            assert result.exit_code == 0, result.err
-            assert ("8 turned/mirrored views per chip" in result.err) == (tta == "8")  # the work announced
-            maps[name, tta] = _chips(out)
+    runs = _run_each(capsys, "map", scenes, common, tmp_path, ".gpkg")
+    for (_, tta), (_, result) in runs.items():
+        assert ("8 turned/mirrored views per chip" in result.err) == (tta == "8")  # the work announced
+    maps = {key: _chips(out) for key, (out, _) in runs.items()}
     assert len(maps["scene", "8"]) == 48
     np.testing.assert_allclose(maps["scene", "8"]["score"], maps["turned", "8"]["score"], atol=1e-4)
     assert maps["scene", "8"]["label"].tolist() == maps["turned", "8"]["label"].tolist()
     assert np.abs(maps["scene", "1"]["score"] - maps["turned", "1"]["score"]).max() > 1e-3
     # The Python API takes the same option.
-    frame = geobimors.map_scene(turned, labels_file, model=tiny_model, chip_size=CHIP, top_k=4, tta=8)
+    frame = geobimors.map_scene(scenes[1], labels_file, model=tiny_model, chip_size=CHIP, top_k=4, tta=8)
     frame = frame.sort_values(["row", "col"]).reset_index(drop=True)
     np.testing.assert_allclose(frame["score"], maps["scene", "8"]["score"], atol=1e-4)
 
@@ -143,15 +161,9 @@ def test_tta_is_part_of_the_run_so_a_resumed_run_cannot_mix_settings(
 def test_embed_with_tta_stores_it_and_example_search_uses_it(
     capsys: pytest.CaptureFixture[str], tiny_model: str, scenes: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    scene, turned = scenes
     common = ["-m", tiny_model, "--chip-size", str(CHIP), "--dtype", "float32", "--progress", "none"]
-    stores = {}
-    for tta in ("1", "8"):
-        for name, path in (("scene", scene), ("turned", turned)):
-            out = tmp_path / f"{name}-{tta}.parquet"
-            result = run_cli(capsys, "embed", path, *common, "--tta", tta, "-o", out)
-            assert result.exit_code == 0, result.err
-            stores[name, tta] = open_store(out)
+    runs = _run_each(capsys, "embed", scenes, common, tmp_path, ".parquet")
+    stores = {key: open_store(out) for key, (out, _) in runs.items()}
     assert stores["scene", "8"].meta.tta == 8 and stores["scene", "1"].meta.tta == 1
     assert "mean of 8 turned/mirrored views" in stores["scene", "8"].meta.describe()
 
