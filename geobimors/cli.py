@@ -746,11 +746,12 @@ def caption_command(
     "--head",
     "head_kind",
     type=click.Choice(["probe", "tip", "bimors", "coop", "cocoop"]),
-    default="probe",
+    default="tip",
     show_default=True,
-    help="probe: linear probe anchored to the zero-shot classifier; tip: Tip-Adapter cache (both fit on frozen "
-    "image embeddings in seconds); bimors/coop/cocoop: prompt learners (epochs of backpropagation through the "
-    "text tower). The default was the most accurate at 4-16 shots in docs/benchmarks.md, and the fastest.",
+    help="tip: Tip-Adapter cache added to the zero-shot logits; probe: linear probe anchored to the zero-shot "
+    "classifier (both fit on frozen image embeddings in about a second); bimors/coop/cocoop: prompt learners "
+    "(epochs of backpropagation through the text tower). The default had the best mean top-1 over the few-shot "
+    "table of docs/benchmarks.md and never fell more than a point below zero-shot there.",
 )
 @click.option(
     "--shots",

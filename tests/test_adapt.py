@@ -76,6 +76,10 @@ def test_fewshot_folder_without_images_left_trains_with_a_warning(
     out = tmp_path / "coop.safetensors"
     args = ["train", folder, "-m", tiny_model, "--head", "coop", "--shots", "5", "--epochs", "1", "-o", out, "-q"]
     assert run_cli(capsys, *args).exit_code == 0
+    # Without --head: Tip-Adapter, the default (the best mean of the few-shot table in docs/benchmarks.md).
+    out = tmp_path / "default.safetensors"
+    assert run_cli(capsys, "train", folder, "-m", tiny_model, "--shots", "5", "-o", out, "-q").exit_code == 0
+    assert read_metadata(out)["head"] == "tip"
 
 
 def _clustered(

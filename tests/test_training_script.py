@@ -95,3 +95,31 @@ def test_coarser_mosaics_are_made_of_their_own_class() -> None:
         own = set(values[targets == targets[index]].tolist())
         assert set(mosaic.unique().tolist()) <= own
     assert max(len(m.unique()) for m in mosaics) > 1  # tiles of several images, not the picked one alone
+
+
+def test_joint_training_moves_its_data_to_the_training_device() -> None:
+    """``train_mini_joint.py --device``: images, targets, phrasing banks and captions go to the device with the
+    model; validation targets stay on the CPU, where accuracies are counted (``meta`` stands in for a GPU)."""
+    sys.path.insert(0, str(ROOT / "training"))
+    import train_mini_joint
+
+    train = {
+        "aid": {
+            "images": torch.zeros(4, 8, 8, 3, dtype=torch.uint8),
+            "targets": torch.arange(4),
+            "bank": [torch.zeros(5, 384), torch.zeros(6, 384)],
+            "captions": torch.zeros(4, 5, 384),
+            "classes": ["a", "b"],
+            "min_area": 0.3,
+        }
+    }
+    evals = {"aid": {"x": torch.zeros(2, 3, 8, 8), "targets": torch.tensor([0, 1]), "pooled": torch.zeros(2, 384)}}
+    meta = torch.device("meta")
+    moved = train_mini_joint.on_device(train, meta)["aid"]
+    assert all(moved[k].is_meta for k in ("images", "targets", "captions"))
+    assert all(t.is_meta for t in moved["bank"]) and len(moved["bank"]) == 2
+    assert moved["classes"] == ["a", "b"] and moved["min_area"] == 0.3
+    assert not train["aid"]["images"].is_meta  # the CPU copy is left as it was
+    moved_eval = train_mini_joint.on_device(evals, meta)["aid"]
+    assert moved_eval["x"].is_meta and moved_eval["pooled"].is_meta
+    assert moved_eval["targets"].device.type == "cpu"

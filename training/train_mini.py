@@ -91,7 +91,8 @@ def crop_rotate_flip(images: torch.Tensor, generator: torch.Generator, min_area:
     theta[:, 1, 0] = sin * side * flip
     theta[:, 1, 1] = cos * side
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # Random draws stay on the CPU generator (the same stream on any device); the resampling runs where the images are.
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -116,6 +117,7 @@ def colour_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Ten
     offsets = 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
     brightness = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
     contrast = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    gains, offsets, brightness, contrast = (t.to(images.device) for t in (gains, offsets, brightness, contrast))
     out = images * gains + offsets
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     return ((out - mean) * contrast + mean * brightness).clamp(0, 1)

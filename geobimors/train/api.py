@@ -172,7 +172,7 @@ def train(
     data: str | os.PathLike[str],
     output: str | os.PathLike[str],
     model: str = "mini",
-    head: str = "probe",
+    head: str = "tip",
     shots: int | None = None,
     settings: TrainSettings | None = None,
     captioner: str = "none",
@@ -191,7 +191,7 @@ def train(
 ) -> tuple[Head, TrainResult]:
     """Train a head few-shot and save it as a checkpoint.
 
-    ``head`` is ``probe`` (default) or ``tip`` (fitted on frozen image embeddings in
+    ``head`` is ``tip`` (default) or ``probe`` (fitted on frozen image embeddings in
     seconds), or a prompt learner ``bimors``, ``coop``, ``cocoop`` (trained for
     ``settings.epochs``). Other arguments are the ``geobimors train`` options.
 
