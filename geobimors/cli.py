@@ -798,6 +798,7 @@ def caption_command(
     is_flag=True,
     help="Let a local --scene file (a VRT, ...) read sources over the network (see geobimors map --help).",
 )
+@tta_option
 @device_options
 @click.option("--overwrite", is_flag=True, help="Replace the output if it exists.")
 @common_options
@@ -825,6 +826,7 @@ def train_command(
     min_purity: float,
     chip_size: str | None,
     allow_network: bool,
+    tta: int,
     device: str,
     precision: str,
     overwrite: bool,
@@ -870,6 +872,7 @@ def train_command(
         labels_file=labels_path,
         classes=classes,
         val_shots=val_shots,
+        tta=tta,
         device=device,
         precision=precision,
         overwrite=overwrite,

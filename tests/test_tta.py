@@ -200,3 +200,44 @@ def test_evaluate_reports_tta_and_bad_values_are_refused(
     assert bad.exit_code == 2 and "'3' is not one of '1', '2', '4', '8'" in bad.err
     refused = run_cli(capsys, "map", "--from-embeddings", tmp_path / "none.parquet", "-l", "x", "--tta", "8")
     assert_one_line_error(refused, 2, "--tta does not apply with --from-embeddings")
+
+
+def test_train_with_tta_learns_the_same_head_from_turned_images(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, scenes: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``train --tta 8`` fits on view-averaged features: a folder of turned/mirrored copies of the same images
+    gives the same head (without it, another head); the checkpoint records it, and a map with other views warns."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from geobimors.heads.checkpoint import read_metadata
+
+    rng = np.random.default_rng(0)
+    folders = {"plain": tmp_path / "plain", "turned": tmp_path / "turned"}
+    for cls in ("fields", "forest", "water"):
+        for i in range(4):
+            image = rng.integers(0, 256, (CHIP, CHIP, 3), dtype=np.uint8)
+            for name, pixels in (("plain", image), ("turned", np.rot90(image, i + 1)[:, :: (-1) ** i])):
+                (folders[name] / cls).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.ascontiguousarray(pixels)).save(folders[name] / cls / f"{i}.png")
+    heads = {}
+    for tta in ("1", "8"):
+        for name, folder in folders.items():
+            out = tmp_path / f"{name}-{tta}.safetensors"
+            args = ["train", folder, "-m", tiny_model, "--head", "tip", "--shots", "3", "--val-shots", "1"]
+            result = run_cli(capsys, *args, "--tta", tta, "-o", out, "-q")
+            assert result.exit_code == 0, result.err
+            heads[name, tta] = load_file(str(out))
+            assert read_metadata(out)["training"]["tta"] == int(tta)
+    for key, value in heads["plain", "8"].items():
+        torch.testing.assert_close(heads["turned", "8"][key], value, atol=1e-5, rtol=0)
+    assert any((heads["turned", "1"][k] - v).abs().max() > 1e-3 for k, v in heads["plain", "1"].items())
+    # Mapping with the views the head was not trained on works, with a one-line warning saying so.
+    head = tmp_path / "plain-8.safetensors"
+    result = run_cli(capsys, "map", scenes[0], "--head", head, "--chip-size", str(CHIP), "-o", tmp_path / "m.gpkg")
+    assert result.exit_code == 0, result.err
+    assert "trained with --tta 8 and this run uses --tta 1" in result.err
+    result = run_cli(
+        capsys, "map", scenes[0], "--head", head, "--chip-size", str(CHIP), "--tta", "8", "-o", tmp_path / "m8.gpkg"
+    )
+    assert result.exit_code == 0 and "trained with --tta" not in result.err

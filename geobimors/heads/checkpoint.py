@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from geobimors._version import __version__
-from geobimors.errors import ModelError
+from geobimors.errors import ModelError, warn
 from geobimors.heads.base import Head
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
@@ -86,6 +86,16 @@ def save_head(head: Head, path: str | Path, training: dict[str, Any] | None = No
     save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(metadata)})
     tmp.replace(path)
     return path
+
+
+def warn_if_tta_differs(metadata: dict[str, Any], tta: int) -> None:
+    """Warn when a head is used with other test-time views than it was trained with (``train --tta``)."""
+    trained = int(metadata.get("training", {}).get("tta", 1))
+    if trained != tta:
+        warn(
+            f"the head was trained with --tta {trained} and this run uses --tta {tta}: its image features "
+            f"differ a little from those the head learnt; pass --tta {trained} to match"
+        )
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -375,7 +375,7 @@ def plan_map(settings: MapSettings) -> ScenePlan:
     Raises:
         InputError: for any bad input (see the messages).
     """
-    from geobimors.heads.checkpoint import checkpoint_labels, read_metadata
+    from geobimors.heads.checkpoint import checkpoint_labels, read_metadata, warn_if_tta_differs
 
     if settings.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
@@ -402,6 +402,7 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         raise InputError(f"--caption-batch-size must be at least 1, got {settings.caption_batch_size}")
     if metadata:
         plan.head_kind = str(metadata["head"])
+        warn_if_tta_differs(metadata, plan.classifier.tta)
         captioner = metadata["config"].get("captioner")
         if metadata["head"] == "bimors" and captioner and captioner.get("name", "none") != "none":
             plan.captioner = CaptionerSpec(**captioner)

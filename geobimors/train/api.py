@@ -182,6 +182,7 @@ def train(
     labels_file: str | os.PathLike[str] | None = None,
     classes: str = "all",
     val_shots: int = 16,
+    tta: int = 1,
     device: str = "auto",
     precision: str = "fp32",
     overwrite: bool = False,
@@ -193,7 +194,9 @@ def train(
 
     ``head`` is ``tip`` (default) or ``probe`` (fitted on frozen image embeddings in
     seconds), or a prompt learner ``bimors``, ``coop``, ``cocoop`` (trained for
-    ``settings.epochs``). Other arguments are the ``geobimors train`` options.
+    ``settings.epochs``). ``tta`` trains on image features averaged over 1, 2, 4 or 8
+    turned/mirrored views of each image (:meth:`ClipModel.with_tta`; recorded in the
+    checkpoint: map with the same ``--tta``). Other arguments are the ``geobimors train`` options.
 
     Returns:
         The trained head and the training result.
@@ -206,7 +209,8 @@ def train(
         raise InputError(f"output directory {out.parent} does not exist")
     if shots is not None and shots < 1:
         raise InputError(f"--shots must be at least 1, got {shots}")
-    clip = load_model(model, device, precision)
+    check_tta(tta)
+    clip = load_model(model, device, precision, tta)
     loaded = load_training_data(
         data, shots, settings.seed, labels_file, classes, val_shots, model=model, **polygon_options
     )
@@ -225,6 +229,7 @@ def train(
         out,
         {
             **training,
+            "tta": tta,
             "shots": shots,
             "examples": len(loaded.train),
             "validation_examples": len(loaded.val) if loaded.val is not None else 0,
@@ -266,7 +271,7 @@ def evaluate_data(
     Returns:
         A JSON-ready report with an ``accuracy`` field.
     """
-    from geobimors.heads.checkpoint import read_metadata
+    from geobimors.heads.checkpoint import read_metadata, warn_if_tta_differs
     from geobimors.heads.zero_shot import ZeroShotHead
 
     if protocol not in ("all", "base-to-new"):
@@ -276,6 +281,8 @@ def evaluate_data(
     root = path / "val" if (path / "val").is_dir() else path
     images = load_image_folder(root, limit_per_class, seed, labels_file, at_most=True)
     metadata = read_metadata(head) if head is not None else None
+    if metadata:
+        warn_if_tta_differs(metadata, tta)
     model_name = model or (str(metadata["clip_model"]) if metadata else "mini")
     clip = load_model(model_name, device, precision, tta)
     evaluated: Head = load_head(head, clip) if head is not None else ZeroShotHead(clip, images.labels)
