@@ -22,7 +22,7 @@ from geobimors.errors import ModelError, warn
 from geobimors.heads.base import Head
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
-from geobimors.models.clip import ClipModel
+from geobimors.models.clip import TTA_VIEWS, ClipModel
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 
 FORMAT = "geobimors-head"
@@ -89,8 +89,14 @@ def save_head(head: Head, path: str | Path, training: dict[str, Any] | None = No
 
 
 def warn_if_tta_differs(metadata: dict[str, Any], tta: int) -> None:
-    """Warn when a head is used with other test-time views than it was trained with (``train --tta``)."""
-    trained = int(metadata.get("training", {}).get("tta", 1))
+    """Warn when a head is used with other test-time views than it was trained with (``train --tta``).
+
+    Checkpoints from before ``train --tta`` (or with an unreadable value) count as single-view.
+    """
+    training = metadata.get("training")
+    trained = training.get("tta", 1) if isinstance(training, dict) else 1
+    if not isinstance(trained, int) or trained not in TTA_VIEWS:
+        trained = 1
     if trained != tta:
         warn(
             f"the head was trained with --tta {trained} and this run uses --tta {tta}: its image features "
