@@ -421,19 +421,15 @@ def on_device(sets: dict[str, dict[str, Any]], device: torch.device) -> dict[str
 
     Validation targets stay on the CPU, where accuracies are counted.
     """
-    out: dict[str, dict[str, Any]] = {}
-    for name, entry in sets.items():
-        out[name] = {
-            key: (
-                [t.to(device) for t in value]
-                if key == "bank"
-                else value.to(device)
-                if isinstance(value, torch.Tensor) and not (key == "targets" and "x" in entry)
-                else value
-            )
-            for key, value in entry.items()
-        }
-    return out
+
+    def moved(key: str, value: Any, entry: dict[str, Any]) -> Any:
+        if key == "bank":
+            return [t.to(device) for t in value]
+        if isinstance(value, torch.Tensor) and not (key == "targets" and "x" in entry):
+            return value.to(device)
+        return value
+
+    return {name: {key: moved(key, value, entry) for key, value in entry.items()} for name, entry in sets.items()}
 
 
 def make_optimizer(model: Any, lr: float, weight_decay: float, projection_lr: float) -> torch.optim.Optimizer:
