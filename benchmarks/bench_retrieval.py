@@ -41,6 +41,7 @@ SPLITS = ROOT / "benchmarks" / "splits"
 MODEL = "mini"
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
+
 def embed(clip: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
     out = []
     with torch.no_grad():

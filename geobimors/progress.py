@@ -26,8 +26,14 @@ class Progress:
     """
 
     def __init__(
-        self, total: int, mode: str = "bar", desc: str = "chips", initial: int = 0, stream: TextIO | None = None,
-        unit: str = "chip", fields: dict[str, Any] | None = None,
+        self,
+        total: int,
+        mode: str = "bar",
+        desc: str = "chips",
+        initial: int = 0,
+        stream: TextIO | None = None,
+        unit: str = "chip",
+        fields: dict[str, Any] | None = None,
     ) -> None:
         self.total = total
         self.done = initial

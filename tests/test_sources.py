@@ -89,8 +89,11 @@ def _item(item_id: str, href: str, assets: dict | None = None, when: str = "2024
     rgb = {
         "href": href,
         "type": "image/tiff; application=geotiff",
-        "eo:bands": [{"name": "B4", "common_name": "red"}, {"name": "B3", "common_name": "green"},
-                     {"name": "B2", "common_name": "blue"}],
+        "eo:bands": [
+            {"name": "B4", "common_name": "red"},
+            {"name": "B3", "common_name": "green"},
+            {"name": "B2", "common_name": "blue"},
+        ],
     }
     return {
         "type": "Feature",

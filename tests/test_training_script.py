@@ -123,3 +123,54 @@ def test_joint_training_moves_its_data_to_the_training_device() -> None:
     moved_eval = train_mini_joint.on_device(evals, meta)["aid"]
     assert moved_eval["x"].is_meta and moved_eval["pooled"].is_meta
     assert moved_eval["targets"].device.type == "cpu"
+
+
+def test_joint_training_distils_a_teachers_view_mean() -> None:
+    """``train_mini_joint.py --teacher``: the KL term pulls the student's class probabilities toward the
+    teacher's (mean over turned views), and the teacher draws no random numbers, so with
+    ``--distill-weight 0`` the loss is exactly the run without a teacher."""
+    sys.path.insert(0, str(ROOT / "training"))
+    import train_mini_joint
+
+    from geobimors.models.clip import ClipModel
+    from geobimors.models.mini import build_mini
+
+    torch.manual_seed(0)
+    student, tokenizer, _ = build_mini()
+    teacher, _, _ = build_mini()  # another random image tower
+    teacher.eval()
+    clip = ClipModel("mini", student, tokenizer, torch.device("cpu"), "fp32")
+    images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8)
+    data = {
+        "aid": {
+            "images": images,
+            "targets": torch.tensor([0, 1, 2, 0, 1, 2]),
+            "bank": [torch.randn(4, 384) for _ in range(3)],
+            "min_area": 0.5,
+            "max_blur": 2.0,
+        }
+    }
+    shares = {"aid": 6}
+
+    def loss(generator_seed: int, **teaching: object) -> tuple[torch.Tensor, dict[str, float]]:
+        generator = torch.Generator().manual_seed(generator_seed)
+        return train_mini_joint.step_loss(student, clip, data, shares, generator, 0.0, **teaching)  # type: ignore[arg-type]
+
+    student.eval()  # batch statistics aside, the same input gives the same loss
+    plain, _ = loss(1)
+    taught, parts = loss(1, teacher=teacher, teacher_views=4, distill_weight=0.0)
+    assert torch.allclose(plain, taught) and parts["aid_kl"] > 0
+
+    # Training on one augmented batch (the same generator seed at each step) isolates the KL term's pull.
+    student.train()
+    student.requires_grad_(False)
+    student.visual.requires_grad_(True)
+    optimizer = torch.optim.SGD(student.visual.parameters(), lr=0.05, momentum=0.9)
+    kl = []
+    for _ in range(20):
+        total, parts = loss(0, teacher=teacher, teacher_views=4, distill_weight=1.0)
+        kl.append(parts["aid_kl"])
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+    assert kl[-1] < 0.25 * kl[0]

@@ -106,9 +106,7 @@ def _stac_kind(path: Path) -> str | None:
         raise InputError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); give a STAC file") from None
     kind = data.get("type") if isinstance(data, dict) else None
     if kind not in _STAC_TYPES:
-        raise InputError(
-            f"{path} is JSON but not a STAC Item, ItemCollection, Collection or Catalog (type {kind!r})"
-        )
+        raise InputError(f"{path} is JSON but not a STAC Item, ItemCollection, Collection or Catalog (type {kind!r})")
     return str(kind)
 
 

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from geobimors.raster.grid import Chip, ChipGrid
 
 
-
 @dataclass
 class LabelledImages:
     """Images with class targets.

@@ -121,9 +121,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
                 self.ALLOW_NETWORK, "Let a local file (VRT, ...) read network sources", defaultValue=False
             )
         )
-        self.addParameter(
-            QgsProcessingParameterString(self.CAPTIONER, "Captioner (empty: no captions)", optional=True)
-        )
+        self.addParameter(QgsProcessingParameterString(self.CAPTIONER, "Captioner (empty: no captions)", optional=True))
         self.addParameter(
             QgsProcessingParameterEnum(self.TTA, "Test-time augmentation", options=TTA_CHOICES, defaultValue=0)
         )

@@ -156,5 +156,3 @@ class SearchEmbeddingsAlgorithm(GeobimorsAlgorithm):
         if raster:
             outputs[self.OUTPUT_RASTER] = raster
         return outputs
-
-
