@@ -11,6 +11,12 @@ columns: map), overall accuracy, Cohen's kappa, per-class precision (user's
 accuracy), recall (producer's accuracy) and F1, the majority-class baseline
 (always answering the most common reference class), and the same matrix
 weighted by chip area with mapped and reference area per class.
+
+Map labels that are no reference class get matrix columns of their own (after
+the reference classes); their chips are errors in every figure, as in land-cover
+assessment (Olofsson et al. 2014): they count in the overall accuracy's total,
+and in the support of their reference class (its whole row), lowering its
+recall (producer's accuracy).
 """
 
 from __future__ import annotations
@@ -25,33 +31,62 @@ from typing import Any
 
 import numpy as np
 
-from geobimors.errors import InputError
+from geobimors.errors import InputError, warn
 from geobimors.labels import normalise_label
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc"}
 DEFAULT_MIN_COVER = 0.5
 
 
+def _reference_rows(confusion: np.ndarray) -> np.ndarray:
+    """Check a K x (K + X) matrix: K reference rows; the first K map columns are the same classes."""
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[1] < confusion.shape[0]:
+        raise ValueError(f"confusion matrix must be K x (K + X) (rows: reference, columns: map), not {confusion.shape}")
+    return confusion
+
+
 def overall_accuracy(confusion: np.ndarray) -> float:
-    """Share of the diagonal (rows: reference, columns: map)."""
+    """Share of the diagonal (rows: reference, columns: map).
+
+    ``confusion`` may be K x (K + X): the X columns after the reference classes
+    hold chips mapped to labels that are no reference class; they count in the
+    total, as errors.
+    """
+    confusion = _reference_rows(confusion)
     total = confusion.sum()
     return float(np.trace(confusion) / total) if total else float("nan")
 
 
 def cohen_kappa(confusion: np.ndarray) -> float:
-    """Cohen's kappa: agreement beyond what the row and column totals give by chance."""
+    """Cohen's kappa: agreement beyond what the row and column totals give by chance.
+
+    ``confusion`` may be K x (K + X) as in :func:`overall_accuracy`; the extra map
+    classes have no reference chips, so they add nothing to chance agreement.
+    """
+    confusion = _reference_rows(confusion)
     total = confusion.sum()
     if not total:
         return float("nan")
+    k = confusion.shape[0]
     observed = np.trace(confusion) / total
-    expected = float((confusion.sum(axis=0) * confusion.sum(axis=1)).sum()) / total**2
+    expected = float((confusion[:, :k].sum(axis=0) * confusion.sum(axis=1)).sum()) / total**2
     return float((observed - expected) / (1 - expected)) if expected < 1 else float("nan")
 
 
 def per_class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
-    """Precision (user's accuracy), recall (producer's accuracy), F1 and support of every class."""
-    diagonal = np.diag(confusion).astype(np.float64)
-    mapped = confusion.sum(axis=0).astype(np.float64)
+    """Precision (user's accuracy), recall (producer's accuracy), F1 and support of every reference class.
+
+    ``confusion`` is K x (K + X), rows reference, columns map, as in
+    :func:`overall_accuracy`. A class's support is its whole row (every chip
+    whose reference is that class, including those mapped to extra classes),
+    recall its correct chips over that support, precision its correct chips over
+    every chip mapped to it (its column).
+    """
+    confusion = _reference_rows(confusion)
+    k = confusion.shape[0]
+    diagonal = np.diag(confusion[:, :k]).astype(np.float64)
+    mapped = confusion[:, :k].sum(axis=0).astype(np.float64)
     reference = confusion.sum(axis=1).astype(np.float64)
     precision = np.divide(diagonal, mapped, out=np.full_like(diagonal, np.nan), where=mapped > 0)
     recall = np.divide(diagonal, reference, out=np.full_like(diagonal, np.nan), where=reference > 0)
@@ -93,25 +128,31 @@ class Assessment:
 
     @property
     def square(self) -> np.ndarray:
-        """The K x K matrix over reference classes (map classes without a reference class count as errors)."""
+        """The K x K part over reference classes only.
+
+        It leaves out the chips mapped to extra map classes, so its row sums are
+        not the reference totals: every figure of the report is computed from the
+        full ``confusion``, where those chips count as errors.
+        """
         return self.confusion[:, : len(self.classes)]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready report."""
-        square = self.square
-        scores = per_class_scores(square)
+        """JSON-ready report.
+
+        Every figure comes from the full K x (K + X) matrix: chips mapped to a
+        label that is no reference class are errors, in the overall accuracy's
+        total and in their reference class's support (so lowering its recall).
+        """
+        scores = per_class_scores(self.confusion)
         reference_totals = self.confusion.sum(axis=1)
         n = int(self.confusion.sum())
-        # Rows sum over every map column; the K x K part's diagonal is the agreement.
-        overall = float(np.trace(square) / n) if n else float("nan")
         majority = int(reference_totals.argmax()) if n else -1
-        area_total = float(self.area_confusion.sum())
         mapped_area = self.area_confusion.sum(axis=0)
         return {
             "chips_scored": n,
             "chips_unscored": self.unscored,
-            "overall_accuracy": _number(overall),
-            "kappa": _number(cohen_kappa(self._padded())),
+            "overall_accuracy": _number(overall_accuracy(self.confusion)),
+            "kappa": _number(cohen_kappa(self.confusion)),
             "majority_class": self.classes[majority] if majority >= 0 else None,
             "majority_baseline_accuracy": _number(reference_totals.max() / n) if n else None,
             "mean_purity": _number(float(np.mean([c["purity"] for c in self.chips]))) if self.chips else None,
@@ -128,9 +169,7 @@ class Assessment:
             "macro_f1": _number(float(np.nanmean(scores["f1"]))) if len(self.classes) else None,
             "area_weighted": {
                 "unit": self.area_unit,
-                "overall_accuracy": _number(float(np.trace(self.area_confusion[:, : len(self.classes)])) / area_total)
-                if area_total
-                else None,
+                "overall_accuracy": _number(overall_accuracy(self.area_confusion)),
                 "mapped_area": {
                     name: _number(mapped_area[k]) for k, name in enumerate(self.classes + self.extra_map_classes)
                 },
@@ -144,13 +183,6 @@ class Assessment:
             },
             **self.details,
         }
-
-    def _padded(self) -> np.ndarray:
-        """Square matrix over reference and extra map classes (extra rows empty), for kappa."""
-        k, total = len(self.classes), self.confusion.shape[1]
-        padded = np.zeros((total, total), dtype=self.confusion.dtype)
-        padded[:k] = self.confusion
-        return padded
 
     def lines(self) -> list[str]:
         """A printed summary: headline figures, per-class table, confusion matrix."""
@@ -262,6 +294,11 @@ def _read_map(path: Path) -> Any:
 
     if not path.is_file():
         raise InputError(f"map not found: {path}; pass a GeoPackage written by geobimors map")
+    if path.suffix.lower() in (".parquet", ".geoparquet"):
+        raise InputError(
+            f"{path} is an embeddings store, not a map; label it first (geobimors map --from-embeddings {path} "
+            "-l labels.txt -o map.gpkg) and assess that map"
+        )
     try:
         chips = gpd.read_file(path, layer="chips")
     except Exception as exc:  # pyogrio raises several types
@@ -331,6 +368,16 @@ def _raster_fractions(chips: Any, reference: Path, band: int) -> tuple[np.ndarra
     return fractions, np.minimum(fractions.sum(axis=1), 1.0), [str(c) for c in codes]
 
 
+def _polygonal(geometry: Any) -> Any:
+    """The polygons of a repaired geometry (make_valid may add the lines of collapsed parts), or None."""
+    import shapely
+
+    if geometry.geom_type in ("Polygon", "MultiPolygon"):
+        return geometry
+    parts = [p for p in shapely.get_parts(geometry) if p.geom_type in ("Polygon", "MultiPolygon")]
+    return shapely.union_all(parts) if parts else None
+
+
 def _polygon_fractions(chips: Any, reference: Path, class_column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import geopandas as gpd
 
@@ -346,6 +393,14 @@ def _polygon_fractions(chips: Any, reference: Path, class_column: str) -> tuple[
             f"{[c for c in frame.columns if c != 'geometry']})"
         )
     frame = frame[frame[class_column].notna() & frame.geometry.notna() & ~frame.geometry.is_empty]
+    invalid = ~frame.geometry.is_valid
+    if invalid.any():
+        # Hand-drawn references often hold self-intersecting rings ("bow ties"); GEOS cannot overlay
+        # them, and repairing them keeps every area the digitiser enclosed.
+        count = int(invalid.sum())
+        warn(f"{count} reference polygon(s) of {reference} are not valid geometries; repaired with make_valid")
+        frame = frame.set_geometry(frame.geometry.make_valid().apply(_polygonal))
+        frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
     if chips.crs is not None and frame.crs is not None and chips.crs != frame.crs:
         frame = frame.to_crs(chips.crs)
     names = sorted({str(v) for v in frame[class_column]})
@@ -387,6 +442,10 @@ def assess(
         raise InputError(f"reference not found: {reference}; pass a classified raster or labelled polygons")
     chips = _read_map(map_path)
     chips = chips[chips["label"].notna()].reset_index(drop=True)
+    if chips.empty:
+        raise InputError(
+            f"map {map_path} has no classified chip; nothing to assess (see its summary: --nodata, --min-valid)"
+        )
     if reference.suffix.lower() in RASTER_SUFFIXES:
         fractions, cover, classes = _raster_fractions(chips, reference, band)
         kind = "raster"

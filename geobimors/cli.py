@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -23,6 +24,25 @@ from geobimors.errors import GeobimorsError, GeobimorsWarning, InputError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class FiniteFloat(click.ParamType):
+    """A float option that refuses nan and inf (click's FLOAT accepts them, and they poison every score)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """The option's value as a finite float (click's usage error otherwise)."""
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = FiniteFloat()
+
+
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     if issubclass(category, GeobimorsWarning):
         click.echo(f"Warning: {message}", err=True)
@@ -35,9 +55,13 @@ def _setup_messages(debug: bool) -> None:
         return
     warnings.showwarning = _show_warning
     warnings.simplefilter("default", GeobimorsWarning)
-    logging.basicConfig(level=logging.ERROR)
-    for name in ("open_clip", "root", "transformers", "huggingface_hub", "rasterio", "distributed"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Libraries log their failures (open_clip: "Failed to download weights ..." on the root logger;
+    # huggingface_hub: each failed request) before raising what geobimors turns into one line.
+    logging.basicConfig(level=logging.CRITICAL)
+    logging.getLogger().setLevel(logging.CRITICAL)
+    for name in ("open_clip", "transformers", "huggingface_hub", "rasterio", "distributed"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # huggingface_hub sets its own level when imported
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -116,7 +140,7 @@ chip_options = _options(
     click.option("--nodata", type=float, default=None, help="Nodata value, overriding the scene's masks."),
     click.option(
         "--min-valid",
-        type=float,
+        type=FINITE,
         default=0.5,
         show_default=True,
         help="Skip chips with a smaller fraction of valid (not nodata) pixels.",
@@ -276,6 +300,27 @@ def _captioner_spec(name: str | None, max_new_tokens: int, num_beams: int) -> An
         if note is not None:
             click.echo(note, err=True)
     return CaptionerSpec(name, max_new_tokens, num_beams)
+
+
+def _output_captioner(name: str | None, max_new_tokens: int, num_beams: int) -> Any:
+    """The captioner of ``--captions`` (map, embed): ``none`` would write no captions, so it is refused up front."""
+    spec = _captioner_spec(None if name == "auto" else name, max_new_tokens, num_beams)
+    if spec.is_none:
+        raise InputError("--captions none writes no captions; drop --captions, or name a captioner (mini, a BLIP id)")
+    return spec
+
+
+def _check_batch_size(batch_size: int, option: str = "--batch-size") -> None:
+    if batch_size < 1:
+        raise InputError(f"{option} must be at least 1, got {batch_size}")
+
+
+def _check_report_output(path: Path | None, overwrite: bool, option: str, suffix: str) -> None:
+    """Fail on an output path (--json, --confusion, -o) before any slow work."""
+    from geobimors.files import check_output_file
+
+    if path is not None:
+        check_output_file(path, overwrite, suffix, f"{option} path")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -453,7 +498,7 @@ def map_command(
     sources = _scene_sources(scenes, asset, chip["allow_network"])
     captioner = None
     if captions is not None:
-        captioner = _captioner_spec(None if captions == "auto" else captions, max_new_tokens, num_beams)
+        captioner = _output_captioner(captions, max_new_tokens, num_beams)
     # Several scenes, a target CRS or a dated scene (a STAC item: its datetime goes in a column) make the
     # many-scene output; one plain scene keeps the single-scene output.
     if sources is not None and (len(sources) > 1 or crs is not None or sources[0].datetime is not None):
@@ -713,8 +758,8 @@ def caption_command(
     spec = _captioner_spec(captioner, max_new_tokens, num_beams)
     if spec.is_none:
         raise InputError("--captioner none generates no captions; name a BLIP-2 or BLIP checkpoint")
-    if output is not None and output.exists() and not overwrite:
-        raise InputError(f"output {output} already exists; pass --overwrite to replace it")
+    _check_batch_size(batch_size)
+    _check_report_output(output, overwrite, "-o", ".csv")
     rows, cached = caption_source(
         source,
         load_captioner(spec, device, precision),
@@ -761,7 +806,7 @@ def caption_command(
 )
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--lr", type=float, default=0.009, show_default=True, help="Peak SGD learning rate (cosine schedule).")
+@click.option("--lr", type=FINITE, default=0.009, show_default=True, help="Peak SGD learning rate (cosine schedule).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of shot sampling and training.")
 @click.option("--n-ctx", type=int, default=4, show_default=True, help="Number of learned context vectors.")
 @click.option("--ctx-init", default="a photo of a", show_default=True, help="Words initialising the context.")
@@ -787,7 +832,7 @@ def caption_command(
 @click.option("--label-column", default="label", show_default=True, help="Class attribute of the polygons or points.")
 @click.option(
     "--min-purity",
-    type=float,
+    type=FINITE,
     default=0.75,
     show_default=True,
     help="Polygons/points: a map-grid chip trains as class K when K covers at least this fraction of it.",
@@ -844,8 +889,9 @@ def train_command(
     from geobimors.train.api import train
     from geobimors.train.loop import TrainSettings
 
-    if epochs < 1 or batch_size < 1 or lr <= 0:
+    if epochs < 1 or batch_size < 1 or not lr > 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
+    _check_report_output(output, overwrite, "-o", ".safetensors")
     spec = _captioner_spec(captioner, max_new_tokens, num_beams) if head_kind == "bimors" else None
     polygon_options = (
         {
@@ -943,14 +989,14 @@ def train_command(
 )
 @click.option(
     "--view-blend",
-    type=float,
+    type=FINITE,
     default=None,
     help="Retrieval with --views 5/6: similarity = (1-B) x full view + B x best sub-view, instead of the best "
     "of all views.",
 )
 @click.option(
     "--caption-guidance",
-    type=float,
+    type=FINITE,
     default=None,
     help="Retrieval: keyword guidance weight W in 0..1: caption each image (--captioner) and rank by "
     "(1-W) x image-text + W x caption-text similarity [default: off].",
@@ -960,6 +1006,7 @@ def train_command(
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
 @click.option("--confusion", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix CSV.")
+@click.option("--overwrite", is_flag=True, help="Replace the --json and --confusion files if they exist.")
 @tta_option
 @device_options
 @common_options
@@ -982,6 +1029,7 @@ def evaluate_command(
     batch_size: int,
     json_path: Path | None,
     confusion: Path | None,
+    overwrite: bool,
     tta: int,
     device: str,
     precision: str,
@@ -1008,6 +1056,13 @@ def evaluate_command(
 
     if zero_shot and head_path is not None:
         raise InputError("--zero-shot and --head exclude each other")
+    _check_batch_size(batch_size)
+    if limit_per_class is not None and limit_per_class < 1:
+        raise InputError(f"--limit-per-class must be at least 1, got {limit_per_class}")
+    _check_report_output(json_path, overwrite, "--json", ".json")
+    _check_report_output(confusion, overwrite, "--confusion", ".csv")
+    if json_path is not None and confusion is not None and json_path.resolve() == confusion.resolve():
+        raise InputError("--json and --confusion name the same file; give two paths")
     retrieval = task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl"))
     if not retrieval and (views != 1 or view_blend is not None or caption_guidance is not None):
         raise InputError("--views, --view-blend and --caption-guidance apply to --task retrieval only; drop them")
@@ -1130,7 +1185,7 @@ def _report_retrieval(report: dict[str, Any], data: Path, json_path: Path | None
 @click.option("--unlike", multiple=True, help="Negative example, same kinds as --like (repeatable).")
 @click.option(
     "--unlike-weight",
-    type=float,
+    type=FINITE,
     default=0.5,
     show_default=True,
     help="Weight w of the negatives: q = normalise(mean(like) - w * mean(unlike)).",
@@ -1141,10 +1196,10 @@ def _report_retrieval(report: dict[str, Any], data: Path, json_path: Path | None
     help="Only chips overlapping an area: a vector file, or XMIN,YMIN,XMAX,YMAX in the store's CRS "
     "(append @EPSG:4326 for lon/lat).",
 )
-@click.option("--min-score", type=float, default=None, help="Drop hits scoring below this cosine similarity.")
+@click.option("--min-score", type=FINITE, default=None, help="Drop hits scoring below this cosine similarity.")
 @click.option(
     "--caption-weight",
-    type=float,
+    type=FINITE,
     default=0.0,
     show_default=True,
     help="Blend the similarity of stored captions to the query text into the score (0..1; stores with captions).",
@@ -1449,6 +1504,8 @@ def embed_command(
     from geobimors.run.execute import make_executor
     from geobimors.run.plan import MapSettings
 
+    if captioner is not None:
+        _output_captioner(captioner, max_new_tokens, num_beams)  # refuse 'none' before any work
     sources = _scene_sources(scenes, asset, chip["allow_network"])
     chip["tta"] = tta
     if sources is not None and len(sources) > 1:
@@ -1465,7 +1522,7 @@ def embed_command(
         raise InputError(f"--workers must be at least 1, got {workers}")
     spec = None
     if captioner is not None:
-        spec = _captioner_spec(None if captioner == "auto" else captioner, max_new_tokens, num_beams)
+        spec = _output_captioner(captioner, max_new_tokens, num_beams)
     settings = MapSettings(
         scene=scene,
         model=model,
@@ -1607,14 +1664,14 @@ def _evaluate_captioning(
 @click.option("--band", type=int, default=1, show_default=True, help="Band of the reference raster.")
 @click.option(
     "--min-purity",
-    type=float,
+    type=FINITE,
     default=0.0,
     show_default=True,
     help="Score only chips whose majority reference class covers this share of them (0: all, by majority).",
 )
 @click.option(
     "--min-cover",
-    type=float,
+    type=FINITE,
     default=0.5,
     show_default=True,
     help="Score only chips with at least this share under the reference (not nodata, inside a polygon).",
@@ -1654,8 +1711,7 @@ def assess_command(
         stem = output.with_suffix("") if output.suffix.lower() in (".json", ".csv") else output
         for suffix in (".json", ".csv", ".chips.csv"):
             existing = stem.with_name(stem.name + suffix)
-            if existing.exists() and not overwrite:
-                raise InputError(f"output {existing} already exists; pass --overwrite to replace it")
+            _check_report_output(existing, overwrite, "-o", suffix)
     result = assess(
         map_path,
         reference,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import shapely
 
 import geobimors
-from geobimors.accuracy import assess, cohen_kappa, overall_accuracy, per_class_scores
+from geobimors.accuracy import Assessment, assess, cohen_kappa, overall_accuracy, per_class_scores
 
 from cli_helpers import assert_one_line_error, run_cli
 from rasters import UTM32N, make_geotiff
@@ -35,6 +36,60 @@ def test_metrics_match_hand_computed_values() -> None:
         scores["f1"], [2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6), 2 * (2 / 3) * 0.5 / (2 / 3 + 0.5)]
     )
     assert cohen_kappa(np.array([[3, 0], [0, 3]])) == pytest.approx(1.0)
+
+
+def test_map_labels_outside_the_reference_classes_count_as_errors() -> None:
+    # Reference classes forest, water; the map also says 'crop', which is no reference class.
+    # rows: reference, columns: map (forest, water, crop)
+    confusion = np.array([[3, 1, 6], [2, 4, 2]])
+    #   support (whole row):  forest 3 + 1 + 6 = 10, water 2 + 4 + 2 = 8   (K x K part only: 4 and 6)
+    #   recall:               forest 3 / 10 = 0.3,   water 4 / 8 = 0.5      (K x K part only: 0.75, 2/3)
+    #   precision (column):   forest 3 / 5 = 0.6,    water 4 / 5 = 0.8      (crop chips are in no reference column)
+    #   F1:                   forest 2 * 0.6 * 0.3 / 0.9 = 0.4, water 2 * 0.8 * 0.5 / 1.3 = 8/13
+    #                         (K x K part only: 2/3 and 8/11)
+    #   macro F1:             (0.4 + 8/13) / 2 = 33/65
+    #   overall accuracy:     (3 + 4) / 18 = 7/18   (K x K part only: 7 / 10)
+    #   kappa: p_o = 7/18, p_e = (10 * 5 + 8 * 5) / 18**2 = 90/324, kappa = (126 - 90) / (324 - 90) = 2/13
+    #                         (K x K part only: p_o = 0.7, p_e = 0.5, kappa = 0.4)
+    #   majority baseline:    forest, 10 / 18 = 5/9   (K x K part only: water, 6 / 10)
+    scores = per_class_scores(confusion)
+    np.testing.assert_allclose(scores["support"], [10, 8])
+    np.testing.assert_allclose(scores["recall"], [0.3, 0.5])
+    np.testing.assert_allclose(scores["precision"], [0.6, 0.8])
+    np.testing.assert_allclose(scores["f1"], [0.4, 8 / 13])
+    assert overall_accuracy(confusion) == pytest.approx(7 / 18)
+    assert cohen_kappa(confusion) == pytest.approx(2 / 13)
+    with pytest.raises(ValueError, match="K x"):
+        per_class_scores(confusion.T)
+    # Areas: the crop chips under forest are twice as large (2 each) as the others (1 each).
+    # Area-weighted overall accuracy: 7 / (3 + 1 + 12 + 2 + 4 + 2) = 7/24   (K x K part only: 7 / 10)
+    area_confusion = confusion * np.array([[1.0, 1.0, 2.0], [1.0, 1.0, 1.0]])
+    chips = [{"purity": 1.0}] * 18
+    result = Assessment(["forest", "water"], confusion, area_confusion, chips, np.array([16.0, 8.0]), "km2", ["crop"])
+    report = result.to_dict()  # figures rounded to 6 decimals
+    assert report["chips_scored"] == 18
+    assert report["overall_accuracy"] == pytest.approx(7 / 18, abs=1e-6)
+    assert report["kappa"] == pytest.approx(2 / 13, abs=1e-6)
+    assert report["majority_class"] == "forest"
+    assert report["majority_baseline_accuracy"] == pytest.approx(5 / 9, abs=1e-6)
+    expected = {"forest": (0.6, 0.3, 0.4, 10, 5), "water": (0.8, 0.5, 8 / 13, 8, 5)}
+    for name, (precision, recall, f1, support, mapped_chips) in expected.items():
+        row = report["per_class"][name]
+        assert [row["precision"], row["recall"], row["f1"]] == pytest.approx([precision, recall, f1], abs=1e-6)
+        assert (row["support"], row["mapped_chips"]) == (support, mapped_chips)
+    assert report["macro_f1"] == pytest.approx(33 / 65, abs=1e-6)
+    assert report["area_weighted"]["overall_accuracy"] == pytest.approx(7 / 24, abs=1e-6)
+    assert report["area_weighted"]["mapped_area"] == {"forest": 5.0, "water": 5.0, "crop": 14.0}
+    # The printed table and the CSV carry the same figures.
+    lines = result.lines()
+    assert "  forest      0.600   0.300  0.400       10" in lines
+    assert "  water       0.800   0.500  0.615        8" in lines
+    rows = list(csv.reader(io.StringIO(result.csv_text())))
+    assert rows[1][:6] == ["forest", "0.6", "0.3", "0.4", "10", "5"]
+    assert rows[2][:6] == ["water", "0.8", "0.5", "0.615385", "8", "5"]
+    assert ["overall_accuracy", "0.388889"] in rows and ["kappa", "0.153846"] in rows
+    assert ["majority_baseline_accuracy", "0.555556"] in rows
+    assert ["area_weighted_overall_accuracy", "0.291667"] in rows
 
 
 def _map(path: Path, labels: list[str], size: float = 100.0) -> Path:
@@ -89,7 +144,10 @@ def test_polygon_reference_without_mapping(tmp_path: Path) -> None:
     # Chip 2 is 60% forest, 40% water -> forest by majority; the map's 'urban' is not a reference class.
     assert result.classes == ["forest", "water"] and result.extra_map_classes == ["urban"]
     assert result.confusion.tolist() == [[1, 1, 0], [0, 0, 1]]
-    assert result.to_dict()["overall_accuracy"] == pytest.approx(1 / 3)
+    assert result.to_dict()["overall_accuracy"] == pytest.approx(1 / 3, abs=1e-6)
+    # The water chip mapped 'urban' is a water error: support 1, recall 0 / 1 (not support 0, no recall).
+    water = result.to_dict()["per_class"]["water"]
+    assert (water["support"], water["recall"], water["precision"], water["f1"]) == (1, 0.0, 0.0, 0.0)
     assert [c["purity"] for c in result.chips] == pytest.approx([1.0, 0.6, 1.0])
     # The package-level API, twice (a module of the same name must not shadow it).
     for _ in range(2):
@@ -147,3 +205,23 @@ def test_zero_shot_mini_on_a_small_eurosat_mosaic(
     expected = np.mean([a == b for a, b in zip(chips["label"], truth)])
     assert report["overall_accuracy"] == pytest.approx(expected, abs=1e-6)
     assert report["overall_accuracy"] > report["majority_baseline_accuracy"]
+
+
+def test_bad_maps_and_invalid_reference_polygons(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A self-intersecting reference polygon is repaired (with a warning), not a GEOS crash; an embeddings
+    store or a map without classified chips is refused with what to do."""
+    map_path = _map(tmp_path / "map.gpkg", ["forest", "water"])
+    # A bow tie over both chips: its two lobes are the two triangles meeting at the chips' shared corner.
+    bow_tie = shapely.Polygon([(X0, Y0), (X0 + 200, Y0 - 100), (X0 + 200, Y0), (X0, Y0 - 100)])
+    assert not bow_tie.is_valid
+    gpd.GeoDataFrame({"label": ["forest"]}, geometry=[bow_tie], crs=UTM32N).to_file(tmp_path / "ref.gpkg")
+    with pytest.warns(UserWarning, match="not valid geometries; repaired"):
+        result = assess(map_path, tmp_path / "ref.gpkg", min_cover=0.2)
+    # Each chip is half covered by one lobe: both chips have forest as reference, the water chip is an error.
+    assert result.classes == ["forest"] and result.confusion.tolist() == [[1, 1]]
+    store = tmp_path / "scene.parquet"
+    store.write_bytes(b"PAR1")
+    cli = run_cli(capsys, "assess", store, "-r", tmp_path / "ref.gpkg")
+    assert_one_line_error(cli, 2, "embeddings store", "map --from-embeddings")
+    empty = _map(tmp_path / "empty.gpkg", [None])  # type: ignore[list-item]
+    assert_one_line_error(run_cli(capsys, "assess", empty, "-r", tmp_path / "ref.gpkg"), 2, "no classified chip")

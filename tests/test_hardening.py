@@ -81,6 +81,15 @@ def truncated_tiff(tmp: Path) -> str:
     return str(bad)
 
 
+def data_truncated_tiff(tmp: Path) -> str:
+    """A GeoTIFF whose header is whole but whose pixels were cut off: it opens, and every read fails."""
+    full = Path(scene(tmp, random_rgb(64, 64), name="whole.tif"))
+    bad = tmp / "cut.tif"
+    bad.write_bytes(full.read_bytes()[:1000])
+    full.unlink()
+    return str(bad)
+
+
 def plain_png(tmp: Path) -> str:
     path = tmp / "photo.png"
     Image.fromarray(random_rgb(64, 64).transpose(1, 2, 0)).save(path)
@@ -210,6 +219,12 @@ CASES = [
     Case("scene is a folder without rasters", lambda t, m: base(t, m, scene=str(t)), 2, ("holds no rasters",)),
     Case("not a raster", lambda t, m: base(t, m, scene=labels(t, "hello", "notes.tif")), 2, ("not a raster",)),
     Case("truncated GeoTIFF", lambda t, m: base(t, m, scene=truncated_tiff(t)), 2, ("not a raster GDAL can read",)),
+    Case(
+        "every window unreadable",
+        lambda t, m: base(t, m, scene=data_truncated_tiff(t)),
+        1,
+        ("no chip of", "could be read", "IReadBlock failed", "gdalinfo -checksum"),
+    ),
     Case("PNG without georeferencing", lambda t, m: base(t, m, scene=plain_png(t)), 2, ("no CRS", "--allow-no-crs")),
     Case(
         "PNG with --allow-no-crs",
@@ -403,6 +418,8 @@ CASES = [
     Case("min-valid above 1", lambda t, m: base(t, m, **{"--min-valid": "2"}), 2, ("--min-valid",)),
     Case("batch size 0", lambda t, m: base(t, m, **{"--batch-size": "0"}), 2, ("--batch-size",)),
     Case("top-k 0", lambda t, m: base(t, m, **{"--top-k": "0"}), 2, ("--top-k",)),
+    Case("NaN option", lambda t, m: base(t, m, **{"--min-valid": "nan"}), 2, ("--min-valid", "not a finite number")),
+    Case("captions none", lambda t, m: [*base(t, m), "--captions", "none"], 2, ("--captions none writes no captions",)),
     Case("bad scale range", lambda t, m: base(t, m, **{"--scale-range": "9,1"}), 2, ("MAX must be greater",)),
     Case("bad percentiles", lambda t, m: base(t, m, **{"--percentiles": "98"}), 2, ("--percentiles",)),
     Case("no workers", lambda t, m: base(t, m, **{"--workers": "0"}), 2, ("--workers",)),

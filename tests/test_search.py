@@ -279,6 +279,11 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], store_path: Path, tiny_mo
     check(2, store_path, "--like", "0123456789abcdef", "-o", out, fragments=("0123456789abcdef", "is not in"))
     check(2, store_path, "--like", "not-a-chip", "-o", out, fragments=("neither a file", "chip id"))
     check(2, store_path, "forest", "--within", "1,2,3", "-o", out, fragments=("--within", "XMIN,YMIN,XMAX,YMAX"))
+    check(2, store_path, "forest", "--unlike-weight", "nan", "-o", out, fragments=("not a finite number",))
+    check(2, store_path, "forest", "--min-score", "inf", "-o", out, fragments=("not a finite number",))
+    check(2, store_path, "forest", "--min-score", "2", "-o", out, fragments=("between -1 and 1",))
+    with pytest.raises(InputError, match="finite"):
+        geobimors.search(store_path, "forest", unlike_weight=float("nan"))
     huge = tmp_path / "queries.txt"
     huge.write_text("solar farm " * 1_000_000)  # a 10 MB query
     check(2, store_path, "--queries", huge, "-o", out, fragments=("10,999,999 characters", "at most"))

@@ -174,3 +174,18 @@ def test_joint_training_distils_a_teachers_view_mean() -> None:
         total.backward()
         optimizer.step()
     assert kl[-1] < 0.25 * kl[0]
+
+
+def test_colour_jitter_strength_scales_every_range() -> None:
+    """``--colour-jitter S``: 0 leaves images as they are, 1 is the shipped recipe, 2 doubles every deviation."""
+    module = _script()
+    images = torch.rand(64, 3, 8, 8) * 0.5 + 0.25  # away from the clamp at 0 and 1
+    same = module.colour_jitter(images.clone(), torch.Generator().manual_seed(0), 0.0)
+    assert torch.allclose(same, images)
+    default = module.colour_jitter(images.clone(), torch.Generator().manual_seed(0))
+    assert torch.equal(default, module.colour_jitter(images.clone(), torch.Generator().manual_seed(0), 1.0))
+    # A flat grey image isolates gains and offsets (contrast has nothing to scale), and brightness.
+    grey = torch.full((64, 3, 1, 1), 0.5)
+    one = module.colour_jitter(grey.clone(), torch.Generator().manual_seed(1), 1.0) - 0.5
+    two = module.colour_jitter(grey.clone(), torch.Generator().manual_seed(1), 2.0) - 0.5
+    assert 1.5 < float(two.abs().mean() / one.abs().mean()) < 2.5

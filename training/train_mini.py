@@ -110,13 +110,16 @@ def sensor_blur(images: torch.Tensor, generator: torch.Generator, max_blur: floa
     return images
 
 
-def colour_jitter(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Other sensors and processing chains: per-channel gains and offsets, brightness and contrast."""
+def colour_jitter(images: torch.Tensor, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Other sensors and processing chains: per-channel gains and offsets, brightness and contrast.
+
+    At ``strength`` 1: gains ±15%, offsets ±5%, brightness and contrast ±20%; ``strength`` scales every range.
+    """
     n = images.shape[0]
-    gains = 1 + 0.3 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
-    offsets = 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
-    brightness = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    contrast = 1 + 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    gains = 1 + strength * 0.3 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
+    offsets = strength * 0.1 * (torch.rand(n, 3, 1, 1, generator=generator) - 0.5)
+    brightness = 1 + strength * 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    contrast = 1 + strength * 0.4 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
     gains, offsets, brightness, contrast = (t.to(images.device) for t in (gains, offsets, brightness, contrast))
     out = images * gains + offsets
     mean = out.mean(dim=(1, 2, 3), keepdim=True)

@@ -133,13 +133,18 @@ def model_input(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
 
 
 def augment(
-    images: torch.Tensor, generator: torch.Generator, min_area: float, max_blur: float, out_size: int
+    images: torch.Tensor,
+    generator: torch.Generator,
+    min_area: float,
+    max_blur: float,
+    out_size: int,
+    colour_strength: float = 1.0,
 ) -> torch.Tensor:
     """Crop/rotate/flip, sensor blur, colour jitter, haze and JPEG; returns (N, 3, out, out) floats in 0..1."""
     x = crop_rotate_flip(images.permute(0, 3, 1, 2).float() / 255.0, generator, min_area)
     if x.shape[-1] != out_size:
         x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
-    x = colour_jitter(sensor_blur(x, generator, max_blur), generator)
+    x = colour_jitter(sensor_blur(x, generator, max_blur), generator, colour_strength)
     n = x.shape[0]
     # Haze: a fifth of the images mixed with a bright, slightly blue veil.
     hazy = torch.rand(n, 1, 1, 1, generator=generator) < 0.2
@@ -230,6 +235,7 @@ def step_loss(
     teacher: Any = None,
     teacher_views: int = 4,
     distill_weight: float = 0.0,
+    colour_strength: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one balanced batch: per-dataset class cross-entropy plus UCM image-caption InfoNCE.
 
@@ -249,7 +255,7 @@ def step_loss(
             images, mosaics[name] = coarser_mosaics(d["images"], d["targets"], idx, generator, mosaic_share)
         else:
             images = d["images"][idx]
-        inputs.append(augment(images, generator, d["min_area"], d["max_blur"], clip.image_size[0]))
+        inputs.append(augment(images, generator, d["min_area"], d["max_blur"], clip.image_size[0], colour_strength))
     x = clip.normalize(torch.cat(inputs)).contiguous(memory_format=torch.channels_last)
     features = F.normalize(model.encode_image(x), dim=-1)
     scale = model.logit_scale.exp().clamp(max=100)
@@ -563,6 +569,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 teacher,
                 args.teacher_views,
                 args.distill_weight,
+                args.colour_jitter,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -610,6 +617,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "weight_decay": args.weight_decay,
         "caption_weight": args.caption_weight,
         "mosaic_share": args.mosaic,
+        "colour_jitter": args.colour_jitter,
         "teacher": None if args.teacher is None else str(args.teacher),
         "teacher_views": args.teacher_views if args.teacher is not None else None,
         "distill_weight": args.distill_weight if args.teacher is not None else None,
@@ -669,6 +677,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="share of aerial images replaced by 2x2 / 3x3 mosaics of their class (coarser-sensor views)",
+    )
+    parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=1.0,
+        help="scale of the colour jitter ranges (1: gains ±15%%, offsets ±5%%, brightness and contrast ±20%%)",
     )
     parser.add_argument(
         "--teacher", type=Path, default=None, help="mini weights to distil from (their --tta view mean), e.g. the init"

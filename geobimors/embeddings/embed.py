@@ -36,6 +36,7 @@ from geobimors.errors import GeobimorsError, RunError, warn
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import ClipModel, check_tta, load_model
 from geobimors.progress import Progress
+from geobimors.raster.identity import scene_identity
 from geobimors.raster.read import ChipReader, ReadSpec
 from geobimors.raster.scene import SceneInfo
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
@@ -216,6 +217,8 @@ class EmbedPlan:
         """Hash of everything that determines the stored rows (resume refuses a different one).
 
         The file's dtype is not part of it: parts hold float32 and are cast when the file is written.
+        A local scene also counts by the size and modification time of its files
+        (:func:`geobimors.raster.identity.scene_identity`): a rewritten scene is not resumed into.
         """
         read, grid = self.read, self.read.grid
         payload = {
@@ -232,6 +235,9 @@ class EmbedPlan:
             # tta only when set: plans without it keep their fingerprints (and resume)
             "embedder": {k: v for k, v in asdict(self.embedder).items() if k != "tta" or v != 1},
         }
+        identity = scene_identity(read.path)
+        if identity is not None:  # a rewritten local scene file is another run; URLs have none (fingerprint as before)
+            payload["scene_file"] = identity
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -430,6 +436,12 @@ def embed_to_file(
         finally:
             if not shared:
                 progress.close()
+        if summary.n_failed and summary.n_failed == plan.n_chips:
+            store.remove()  # nothing was read: no store, and a re-run reads the scene again
+            raise RunError(
+                f"no chip of {plan.settings.scene} could be read (first at {summary.first_failure}); check the file "
+                "(gdalinfo -checksum) or the connection and run again"
+            )
         summary.n_embedded = assemble_store(store, out, replace(meta, dtype=plan.dtype), overwrite)
         store.remove()
     summary.elapsed = time.monotonic() - start

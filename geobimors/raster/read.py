@@ -149,7 +149,7 @@ class ChipReader:
                     try:
                         out[i], fractions[i] = self.read(chips[i])
                     except RasterioError as exc:
-                        errors[i] = " ".join(str(exc).split())[:300] or type(exc).__name__
+                        errors[i] = read_error_text(exc)
         keep = (fractions >= self.spec.min_valid) & (fractions > 0)
         return ChipBatch(chips, out, fractions, keep, errors)
 
@@ -240,3 +240,16 @@ def _resize(data: np.ndarray, valid: np.ndarray, shape: tuple[int, int]) -> tupl
     if np.issubdtype(data.dtype, np.integer):
         out = np.rint(out).astype(data.dtype)
     return out, mask[0, 0].numpy() > 0.5
+
+
+def read_error_text(exc: BaseException) -> str:
+    """One line (at most 300 characters) saying why a read failed.
+
+    rasterio's "Read failed. See previous exception for details." carries GDAL's reason in the
+    exception it was raised from: that reason is what the user needs, so it is appended.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text.removesuffix(' See previous exception for details.')} {' '.join(str(cause).split())}"
+    return text[:300]

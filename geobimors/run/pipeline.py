@@ -342,6 +342,7 @@ def map_to_file(
                 else None
             ),
         )
+        _refuse_unreadable(plan, store)
         if embeddings is not None:
             embeddings.finish(store, overwrite)
         columns = _output_columns(plan)
@@ -362,6 +363,22 @@ def map_to_file(
     summary.elapsed = time.monotonic() - start
     progress.event("done", output=str(out), failed=summary.n_failed)
     return summary
+
+
+def _refuse_unreadable(plan: ScenePlan, store: RunStore) -> None:
+    """Fail, leaving no output, when not one chip of the scene could be read (a corrupt file, a dead link).
+
+    The run store is removed too: there is nothing to resume, and a re-run reads the scene again.
+    """
+    probe = RunSummary(plan)
+    for table in store.tables(columns=["row", "col", "classified", "failed", "error", "label"]):
+        _count(probe, table)
+    if probe.n_failed and probe.n_failed == plan.n_chips:
+        store.remove()
+        raise RunError(
+            f"no chip of {plan.scene.path} could be read (first at {probe.first_failure}); check the file "
+            "(gdalinfo -checksum) or the connection and run again"
+        )
 
 
 def _chunks(tables: Iterator[pa.Table], rows: int = 20_000) -> Iterator[pa.Table]:

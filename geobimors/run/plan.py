@@ -18,6 +18,7 @@ from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import check_tta, resolve_model_name
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid, metres_per_unit
+from geobimors.raster.identity import scene_identity
 from geobimors.raster.read import ReadSpec
 from geobimors.raster.safety import is_user_url, network_guard
 from geobimors.raster.scaling import scene_scale_range
@@ -181,7 +182,12 @@ class ScenePlan:
         return min(self.settings.top_k, len(self.classifier.labels))
 
     def fingerprint(self) -> str:
-        """Hash of everything that determines the output (resume refuses a different one)."""
+        """Hash of everything that determines the output (resume refuses a different one).
+
+        The scene counts by its path, shape and transform and, for a local file, by the size and
+        modification time of its files (:func:`geobimors.raster.identity.scene_identity`): a scene
+        rewritten since an interrupted run is not resumed into it.
+        """
         s = self.settings
         payload = {
             "scene": self.scene.path,
@@ -211,6 +217,9 @@ class ScenePlan:
             payload["captioner"] = asdict(self.captioner)
         if self.classifier.tta != 1:  # likewise
             payload["tta"] = self.classifier.tta
+        identity = scene_identity(self.scene.path)
+        if identity is not None:  # a rewritten local scene file is another run; URLs have none (fingerprint as before)
+            payload["scene_file"] = identity
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def describe(self) -> dict[str, str]:

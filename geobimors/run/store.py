@@ -113,7 +113,8 @@ class RunStore:
                 found = None
             if found != fingerprint:
                 raise InputError(
-                    f"{directory} holds an unfinished run with other settings (scene, model, labels, grid, ...); "
+                    f"{directory} holds an unfinished run with other settings or of an earlier version of the scene "
+                    "file (scene and its size and modification time, model, labels, grid, ...); "
                     "re-run with --restart to discard it, or choose another output"
                 )
             return cls(directory, fingerprint)

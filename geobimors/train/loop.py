@@ -57,6 +57,14 @@ class TrainSettings:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError(f"epochs and batch size must be at least 1, got {self.epochs} and {self.batch_size}")
+        for name in ("lr", "momentum", "weight_decay", "warmup_lr"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "lr" and value == 0):
+                raise InputError(f"{name} must be a finite number{' above 0' if name == 'lr' else ', 0 or more'}")
+
 
 @dataclass
 class TrainResult:

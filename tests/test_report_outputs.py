@@ -1,0 +1,81 @@
+"""Commands that write reports or files besides maps (evaluate, caption, train, assess): their
+outputs and numeric options are checked before any slow work, and nothing is overwritten."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from geobimors.cli import _setup_messages
+from geobimors.errors import InputError
+from geobimors.train.loop import TrainSettings
+
+from cli_helpers import assert_one_line_error, run_cli
+
+
+def test_evaluate_reports_are_never_overwritten(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    data = tmp_path / "images"  # never read: the checks come first
+    kept = tmp_path / "report.json"
+    kept.write_text("keep")
+    result = run_cli(capsys, "evaluate", data, "--json", kept)
+    assert_one_line_error(result, 2, "already exists", "--overwrite")
+    assert kept.read_text() == "keep"
+    (tmp_path / "m.csv").write_text("keep")
+    result = run_cli(capsys, "evaluate", data, "--confusion", tmp_path / "m.csv")
+    assert_one_line_error(result, 2, "already exists")
+    assert (tmp_path / "m.csv").read_text() == "keep"
+    (tmp_path / "folder.json").mkdir()
+    assert_one_line_error(run_cli(capsys, "evaluate", data, "--json", tmp_path / "folder.json"), 2, "is a directory")
+    missing = tmp_path / "no" / "r.json"
+    assert_one_line_error(run_cli(capsys, "evaluate", data, "--json", missing), 2, "does not exist")
+    same = tmp_path / "same.csv"
+    assert_one_line_error(run_cli(capsys, "evaluate", data, "--json", same, "--confusion", same), 2, "same file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.json", "m.csv", "report.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["evaluate", "DATA", "--batch-size", "0"], ("--batch-size must be at least 1",)),
+        (["evaluate", "DATA", "--limit-per-class", "0"], ("--limit-per-class must be at least 1",)),
+        (["caption", "DATA", "--captioner", "mini", "--batch-size", "0"], ("--batch-size must be at least 1",)),
+        (["caption", "DATA", "--captioner", "mini", "-o", "no/c.csv"], ("no", "does not exist")),
+        (["train", "DATA", "-o", "no/h.safetensors"], ("does not exist",)),
+        (["train", "DATA", "-o", "h.safetensors", "--lr", "nan"], ("--lr", "not a finite number")),
+        (["evaluate", "DATA", "--view-blend", "inf"], ("--view-blend", "not a finite number")),
+    ],
+)
+def test_bad_numbers_and_paths_fail_first(
+    args: list[str], fragments: tuple[str, ...], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = [str(tmp_path / a) if a in ("DATA", "no/c.csv", "no/h.safetensors", "h.safetensors") else a for a in args]
+    before = set(tmp_path.iterdir())
+    assert_one_line_error(run_cli(capsys, *args), 2, *fragments)
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_train_settings_refuse_non_finite_numbers() -> None:
+    with pytest.raises(InputError, match="lr must be a finite number above 0"):
+        TrainSettings(lr=float("nan"))
+    with pytest.raises(InputError, match="weight_decay"):
+        TrainSettings(weight_decay=float("inf"))
+    with pytest.raises(InputError, match="at least 1"):
+        TrainSettings(epochs=0)
+    assert TrainSettings(lr=0.1, weight_decay=0.0).lr == 0.1
+
+
+def test_library_logs_stay_quiet_without_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip logs 'Failed to download weights' on the root logger before raising; geobimors prints its own
+    one-line error, so without --debug the library's line must not appear."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.delenv("HF_HUB_VERBOSITY", raising=False)
+    for name in ("open_clip", "transformers", "huggingface_hub", "rasterio", "distributed"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
+    _setup_messages(debug=False)
+    assert not root.isEnabledFor(logging.ERROR)
+    assert not logging.getLogger("huggingface_hub.utils._http").isEnabledFor(logging.WARNING)
+    assert os.environ["HF_HUB_VERBOSITY"] == "error"
