@@ -79,3 +79,19 @@ def test_library_logs_stay_quiet_without_debug(monkeypatch: pytest.MonkeyPatch) 
     assert not root.isEnabledFor(logging.ERROR)
     assert not logging.getLogger("huggingface_hub.utils._http").isEnabledFor(logging.WARNING)
     assert os.environ["HF_HUB_VERBOSITY"] == "error"
+
+
+def test_labelling_an_empty_store_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A store of a scene without valid pixels has no rows: labelling it says so (no broken GeoPackage)."""
+    import numpy as np
+
+    from rasters import make_geotiff
+
+    scene = make_geotiff(tmp_path / "nan.tif", np.full((3, 64, 64), np.nan, dtype=np.float32))
+    store = tmp_path / "e.parquet"
+    assert run_cli(capsys, "embed", scene, "-o", store, "-q").exit_code == 0
+    labels = tmp_path / "labels.txt"
+    labels.write_text("forest\nwater\n")
+    result = run_cli(capsys, "map", "--from-embeddings", store, "-l", labels, "-o", tmp_path / "out.gpkg")
+    assert_one_line_error(result, 2, "holds no chips", "nothing to label")
+    assert not (tmp_path / "out.gpkg").exists() and not list(tmp_path.glob("*.tmp"))

@@ -378,6 +378,11 @@ def relabel_to_file(
 
     start = time.monotonic() - load_seconds
     out = check_output(output, overwrite)
+    if relabeller.store.n_rows == 0:
+        raise InputError(
+            f"embeddings store {relabeller.store.path} holds no chips (no chip of its scene had enough valid "
+            "pixels), so there is nothing to label; embed the scene again with other --nodata or --min-valid"
+        )
     summary = RelabelSummary(out, load_seconds=load_seconds)
     progress = Progress(relabeller.store.n_rows, progress_mode, desc="labels")
     with RunLock(out), GeoPackageWriter(out, overwrite, relabeller.describe()) as writer:
