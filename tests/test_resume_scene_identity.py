@@ -152,9 +152,11 @@ def _embed_args(scene: Path, labels: Path, model: str, out: Path) -> list[Any]:
 COMMANDS = {"map": (_map_args, ".gpkg"), "embed": (_embed_args, ".parquet")}
 
 
+@pytest.mark.parametrize("rewritten", [True, False], ids=["rewritten", "untouched"])
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_a_rewritten_scene_is_not_resumed_into(
+def test_a_rewritten_scene_is_not_resumed_into_and_an_untouched_one_is(
     command: str,
+    rewritten: bool,
     capsys: pytest.CaptureFixture[str],
     tiny_model: str,
     labels_file: Path,
@@ -170,6 +172,14 @@ def test_a_rewritten_scene_is_not_resumed_into(
     assert stopped.exit_code == 130, stopped.err
     assert not out.exists() and store_path(out).is_dir()
     interrupt_after(None)
+    if not rewritten:
+        with rasterio.open(scene) as ds:  # read by something else meanwhile: still the same file
+            ds.read(1)
+        resumed = run_cli(capsys, *args)
+        assert resumed.exit_code == 0, resumed.err
+        assert "resumed: 24 chips" in resumed.out, resumed.out
+        assert out.exists() and not store_path(out).exists()
+        return
     rewrite(scene)
     refused = run_cli(capsys, *args)
     assert_one_line_error(refused, 2, "unfinished run", "--restart")
@@ -177,30 +187,6 @@ def test_a_rewritten_scene_is_not_resumed_into(
     restarted = run_cli(capsys, *args, "--restart")
     assert restarted.exit_code == 0, restarted.err
     assert "resumed" not in restarted.out and out.exists() and not store_path(out).exists()
-
-
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_an_untouched_scene_still_resumes(
-    command: str,
-    capsys: pytest.CaptureFixture[str],
-    tiny_model: str,
-    labels_file: Path,
-    tmp_path: Path,
-    interrupt_after: Callable[[int | None], None],
-) -> None:
-    make_args, suffix = COMMANDS[command]
-    scene = make_geotiff(tmp_path / "scene.tif", random_rgb(64, 64))
-    out = tmp_path / f"out{suffix}"
-    args = make_args(scene, labels_file, tiny_model, out)
-    interrupt_after(3)
-    assert run_cli(capsys, *args).exit_code == 130
-    interrupt_after(None)
-    with rasterio.open(scene) as ds:  # read by something else meanwhile: still the same file
-        ds.read(1)
-    resumed = run_cli(capsys, *args)
-    assert resumed.exit_code == 0, resumed.err
-    assert "resumed: 24 chips" in resumed.out, resumed.out
-    assert out.exists() and not store_path(out).exists()
 
 
 def test_multi_scene_runs_resume_untouched_scenes_and_redo_rewritten_ones(
