@@ -314,7 +314,7 @@ RETRIEVAL_OPTION_ERRORS = {
     ),
     "--view-blend without sub-views": (["--view-blend", "0.5"], "pass --views 5 or 6 with it"),
     "--caption-guidance outside 0..1": (["--caption-guidance", "-0.1"], "--caption-guidance must be a weight between"),
-    "--caption-guidance NaN": (["--caption-guidance", "nan"], "got nan"),
+    "--caption-guidance NaN": (["--caption-guidance", "nan"], "not a finite number"),
     "--caption-guidance with --captioner none": (["--caption-guidance", "0.3", "--captioner", "none"], "not 'none'"),
     "retrieval options on a classification task": (
         ["--task", "classification", "--views", "5"],
