@@ -56,8 +56,8 @@ Leave-one-dataset-out (``--leave-out ucmerced|aid``; selection on the other data
     .venv/bin/python benchmarks/bench_mini_zero_shot.py --weights out/lodo-ucmerced/selected.safetensors
 
 EuroSAT left out: stage 1 has seen EuroSAT, so the image tower starts from scratch (about 116 s per epoch
-on the CPU; the model card reports ``--epochs 6`` and ``12`` on the CPU, ``36`` on the GPU, and ``--mosaic 0.3``,
-tried and not kept)::
+on the CPU; the model card reports ``--epochs 6`` and ``12`` on the CPU, ``36`` on the GPU; ``--mosaic 0.3``
+and ``--colour-jitter 2`` were tried and not kept)::
 
     .venv/bin/python training/train_mini_joint.py ../shared/data --init scratch --leave-out eurosat --epochs 12 \
         --work out/lodo-eurosat --data-cache out/mini-joint/data-cache --out out/lodo-eurosat/selected.safetensors
