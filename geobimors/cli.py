@@ -1504,14 +1504,13 @@ def embed_command(
     from geobimors.run.execute import make_executor
     from geobimors.run.plan import MapSettings
 
-    if captioner is not None:
-        _output_captioner(captioner, max_new_tokens, num_beams)  # refuse 'none' before any work
+    # The captioner is resolved (and 'none' refused) before any work.
+    spec = _output_captioner(captioner, max_new_tokens, num_beams) if captioner is not None else None
     sources = _scene_sources(scenes, asset, chip["allow_network"])
     chip["tta"] = tta
     if sources is not None and len(sources) > 1:
-        _embed_scenes(sources, output, model, batch_size, device, precision, scheduler, workers, dtype, captioner,
-                      caption_encoder, max_new_tokens, num_beams, fail_fast, overwrite, restart, progress_mode, quiet,
-                      chip)  # fmt: skip
+        _embed_scenes(sources, output, model, batch_size, device, precision, scheduler, workers, dtype, spec,
+                      caption_encoder, fail_fast, overwrite, restart, progress_mode, quiet, chip)  # fmt: skip
         return
     scene = sources[0].path if sources is not None else scenes[0]
     out = (
@@ -1520,9 +1519,6 @@ def embed_command(
     check_store_output(out, overwrite)  # fail on the output before any slow work
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
-    spec = None
-    if captioner is not None:
-        spec = _output_captioner(captioner, max_new_tokens, num_beams)
     settings = MapSettings(
         scene=scene,
         model=model,
@@ -1566,10 +1562,8 @@ def _embed_scenes(
     scheduler: str | None,
     workers: int | None,
     dtype: str,
-    captioner: str | None,
+    spec: Any,
     caption_encoder: str,
-    max_new_tokens: int,
-    num_beams: int,
     fail_fast: bool,
     overwrite: bool,
     restart: bool,
@@ -1586,9 +1580,6 @@ def _embed_scenes(
         raise InputError(f"{len(sources)} scenes make a dataset directory (one store per scene): name it with -o DIR/")
     directory = check_dataset_output(output, sources)
     _check_workers(workers)
-    spec = None
-    if captioner is not None:
-        spec = _captioner_spec(None if captioner == "auto" else captioner, max_new_tokens, num_beams)
     settings = MapSettings(
         scene=sources[0].path,
         model=model,
