@@ -1734,6 +1734,21 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+# Commands whose finished work survives an interruption: map and embed keep a run store, caption its cache.
+RESUMABLE_COMMANDS = ("map", "embed", "caption")
+
+
+def _report_interrupt(args: list[str], exc: KeyboardInterrupt) -> None:
+    """Say what an interruption left (resumable work only where the command keeps it) and exit 130 / 143."""
+    what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+    command = next((a for a in args if not a.startswith("-")), "")
+    if command in RESUMABLE_COMMANDS:
+        click.echo(f"{what}: finished batches are saved; run the same command again to resume.", err=True)
+    else:
+        click.echo(f"{what} before the output was finished; run the command again to start over.", err=True)
+    sys.exit(143 if isinstance(exc, Terminated) else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``geobimors`` console script."""
     import signal
@@ -1750,9 +1765,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         cause = exc.__cause__
         if isinstance(cause, KeyboardInterrupt):
-            what = "Terminated" if isinstance(cause, Terminated) else "Interrupted"
-            click.echo(f"{what}: finished batches are saved; run the same command again to resume.", err=True)
-            sys.exit(143 if isinstance(cause, Terminated) else 130)
+            _report_interrupt(args, cause)
         click.echo("Aborted.", err=True)
         sys.exit(130)
     except click.ClickException as exc:
@@ -1766,9 +1779,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as exc:
         if debug:
             raise
-        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
-        click.echo(f"{what}: finished batches are saved; run the same command again to resume.", err=True)
-        sys.exit(143 if isinstance(exc, Terminated) else 130)
+        _report_interrupt(args, exc)
     except Exception as exc:  # last resort: one line, no traceback
         if debug:
             raise

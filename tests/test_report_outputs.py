@@ -95,3 +95,19 @@ def test_labelling_an_empty_store_is_refused(capsys: pytest.CaptureFixture[str],
     result = run_cli(capsys, "map", "--from-embeddings", store, "-l", labels, "-o", tmp_path / "out.gpkg")
     assert_one_line_error(result, 2, "holds no chips", "nothing to label")
     assert not (tmp_path / "out.gpkg").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_interrupted_command_says_what_it_left(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only map, embed and caption keep finished work to resume; train (like evaluate, search) starts over."""
+    import geobimors.train.api
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(geobimors.train.api, "train", interrupted)
+    result = run_cli(capsys, "train", tmp_path / "images", "-o", tmp_path / "h.safetensors")
+    assert result.exit_code == 130
+    assert result.err.strip() == "Interrupted before the output was finished; run the command again to start over."
+    assert not (tmp_path / "h.safetensors").exists()
