@@ -889,8 +889,7 @@ def train_command(
     from geobimors.train.api import train
     from geobimors.train.loop import TrainSettings
 
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise InputError("--epochs and --batch-size must be at least 1 and --lr positive")
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)  # checks the numbers
     _check_report_output(output, overwrite, "-o", ".safetensors")
     spec = _captioner_spec(captioner, max_new_tokens, num_beams) if head_kind == "bimors" else None
     polygon_options = (
@@ -910,7 +909,7 @@ def train_command(
         model=model,
         head=head_kind,
         shots=shots,
-        settings=TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+        settings=settings,
         captioner=spec.name if spec is not None else "none",
         caption_encoder=caption_encoder,
         n_ctx=n_ctx,

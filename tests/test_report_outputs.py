@@ -45,6 +45,8 @@ def test_evaluate_reports_are_never_overwritten(capsys: pytest.CaptureFixture[st
         (["caption", "DATA", "--captioner", "mini", "-o", "no/c.csv"], ("no", "does not exist")),
         (["train", "DATA", "-o", "no/h.safetensors"], ("does not exist",)),
         (["train", "DATA", "-o", "h.safetensors", "--lr", "nan"], ("--lr", "not a finite number")),
+        (["train", "DATA", "-o", "h.safetensors", "--epochs", "0"], ("epochs", "at least 1")),
+        (["train", "DATA", "-o", "h.safetensors", "--lr", "0"], ("lr must be a finite number above 0",)),
         (["evaluate", "DATA", "--view-blend", "inf"], ("--view-blend", "not a finite number")),
     ],
 )

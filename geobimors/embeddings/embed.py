@@ -37,7 +37,7 @@ from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import ClipModel, check_tta, load_model
 from geobimors.progress import Progress
 from geobimors.raster.identity import scene_identity
-from geobimors.raster.read import ChipReader, ReadSpec
+from geobimors.raster.read import ChipReader, ReadSpec, unreadable_scene_error
 from geobimors.raster.scene import SceneInfo
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
 from geobimors.run.plan import DEFAULT_MODEL, Batch, MapSettings, default_gsd, plan_reading
@@ -438,10 +438,7 @@ def embed_to_file(
                 progress.close()
         if summary.n_failed and summary.n_failed == plan.n_chips:
             store.remove()  # nothing was read: no store, and a re-run reads the scene again
-            raise RunError(
-                f"no chip of {plan.settings.scene} could be read (first at {summary.first_failure}); check the file "
-                "(gdalinfo -checksum) or the connection and run again"
-            )
+            raise unreadable_scene_error(plan.settings.scene, summary.first_failure)
         summary.n_embedded = assemble_store(store, out, replace(meta, dtype=plan.dtype), overwrite)
         store.remove()
     summary.elapsed = time.monotonic() - start

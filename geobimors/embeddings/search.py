@@ -27,6 +27,7 @@ queries when it exists and is fresh.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -650,7 +651,7 @@ def search(
         raise InputError('nothing to search for: give a text query ("solar farm") or --like examples')
     if not 0.0 <= caption_weight <= 1.0:
         raise InputError(f"--caption-weight must be between 0 and 1, got {caption_weight}")
-    if not unlike_weight >= 0 or unlike_weight == float("inf"):  # nan fails every comparison
+    if not (math.isfinite(unlike_weight) and unlike_weight >= 0):
         raise InputError(f"--unlike-weight must be a finite number, 0 or more, got {unlike_weight}")
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise InputError(f"--min-score is a cosine similarity, between -1 and 1; got {min_score}")

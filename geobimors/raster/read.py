@@ -19,6 +19,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from geobimors.errors import RunError
 from geobimors.raster.grid import Chip, ChipGrid
 from geobimors.raster.safety import network_guard
 from geobimors.raster.scaling import ScaleRange, valid_mask
@@ -250,6 +251,15 @@ def read_error_text(exc: BaseException) -> str:
     """
     text = " ".join(str(exc).split()) or type(exc).__name__
     cause = exc.__cause__ or exc.__context__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
-        text = f"{text.removesuffix(' See previous exception for details.')} {' '.join(str(cause).split())}"
+    reason = " ".join(str(cause).split()) if cause is not None else ""
+    if reason and reason not in text:
+        text = f"{text.removesuffix(' See previous exception for details.')} {reason}"
     return text[:300]
+
+
+def unreadable_scene_error(scene: str, first_failure: str | None) -> RunError:
+    """The error of a run none of whose chips could be read (map and embed raise it, leaving no output)."""
+    return RunError(
+        f"no chip of {scene} could be read (first at {first_failure}); check the file (gdalinfo -checksum) or "
+        "the connection and run again"
+    )

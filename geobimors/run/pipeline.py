@@ -21,6 +21,7 @@ from geobimors.errors import GeobimorsError, RunError
 from geobimors.heads.classifier import get_classifier
 from geobimors.labels import short_label
 from geobimors.progress import Progress
+from geobimors.raster.read import unreadable_scene_error
 from geobimors.run.byproduct import ByProduct
 from geobimors.run.execute import DistributedExecutor, LocalExecutor, Outcome
 from geobimors.run.plan import ScenePlan, check_output_safety
@@ -342,7 +343,6 @@ def map_to_file(
                 else None
             ),
         )
-        _refuse_unreadable(plan, store)
         if embeddings is not None:
             embeddings.finish(store, overwrite)
         columns = _output_columns(plan)
@@ -354,6 +354,11 @@ def map_to_file(
                     _count(summary, table)
                     writer.append(records_to_frame(table, transform, crs, columns, extra))
                     writer.append(failed_to_frame(table, transform, crs), FAILED_LAYER)
+                if summary.n_failed and summary.n_failed == plan.n_chips:
+                    # Not one chip was read (a corrupt file, a dead link): no output, and no run store,
+                    # as there is nothing to resume; a re-run reads the scene again.
+                    store.remove()
+                    raise unreadable_scene_error(plan.scene.path, summary.first_failure)
                 writer.finish(class_names, regions=regions)
         except BaseException:
             if store_out is not None:
@@ -363,22 +368,6 @@ def map_to_file(
     summary.elapsed = time.monotonic() - start
     progress.event("done", output=str(out), failed=summary.n_failed)
     return summary
-
-
-def _refuse_unreadable(plan: ScenePlan, store: RunStore) -> None:
-    """Fail, leaving no output, when not one chip of the scene could be read (a corrupt file, a dead link).
-
-    The run store is removed too: there is nothing to resume, and a re-run reads the scene again.
-    """
-    probe = RunSummary(plan)
-    for table in store.tables(columns=["row", "col", "classified", "failed", "error", "label"]):
-        _count(probe, table)
-    if probe.n_failed and probe.n_failed == plan.n_chips:
-        store.remove()
-        raise RunError(
-            f"no chip of {plan.scene.path} could be read (first at {probe.first_failure}); check the file "
-            "(gdalinfo -checksum) or the connection and run again"
-        )
 
 
 def _chunks(tables: Iterator[pa.Table], rows: int = 20_000) -> Iterator[pa.Table]:
