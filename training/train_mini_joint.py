@@ -48,6 +48,20 @@ Distilling the shipped weights' 4-view ``--tta`` mean into one view (tried, not 
         --teacher geobimors/models/mini/mini.safetensors --teacher-views 4 --distill-weight 0.5 --epochs 8 \\
         --lr 0.01 --work out/distill --data-cache out/mini-joint/data-cache
 
+A 128 px teacher (``training/train_mini_teacher.py``: the image tower fine-tuned on the aerial sets at 128 px)
+distilled into the 64 px model, the teacher seeing each aerial crop undegraded at its own size (tried, not kept:
+no epoch beat the start)::
+
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init geobimors/models/mini/mini.safetensors \
+        --teacher out/teacher/D.safetensors --teacher-size 128 --teacher-views 1 --distill-sets ucmerced aid \
+        --distill-weight 0.5 --epochs 8 --lr 0.01 --work out/distill128 --data-cache out/mini-joint/data-cache
+
+The aerial sets trained and validated at 128 px while EuroSAT stays at 64 px (``--aerial-size 128``; one
+forward pass per input size), from the shipped weights::
+
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init geobimors/models/mini/mini.safetensors \
+        --aerial-size 128 --epochs 8 --lr 0.02 --work out/multires128 --data-cache out/mini-joint/data-cache
+
 Leave-one-dataset-out (``--leave-out ucmerced|aid``; selection on the other datasets' val only)::
 
     .venv/bin/python training/train_mini_joint.py ../shared/data --init stage1.safetensors \\
@@ -141,9 +155,27 @@ def augment(
     colour_strength: float = 1.0,
 ) -> torch.Tensor:
     """Crop/rotate/flip, sensor blur, colour jitter, haze and JPEG; returns (N, 3, out, out) floats in 0..1."""
-    x = crop_rotate_flip(images.permute(0, 3, 1, 2).float() / 255.0, generator, min_area)
-    if x.shape[-1] != out_size:
-        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True)
+    return augment_views(images, generator, min_area, max_blur, out_size, colour_strength)[0]
+
+
+def augment_views(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    min_area: float,
+    max_blur: float,
+    out_size: int,
+    colour_strength: float = 1.0,
+    clean_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`augment`, and with ``clean_size`` the same crops before any degradation at that size.
+
+    The clean view is what a teacher sees (:func:`step_loss`): the student's crop, turned and mirrored
+    alike, without blur, colour jitter, haze or JPEG, at the teacher's input size. It draws no random
+    numbers, so asking for it leaves the stream (and the student's batch) unchanged.
+    """
+    crops = crop_rotate_flip(images.permute(0, 3, 1, 2).float() / 255.0, generator, min_area)
+    clean = None if clean_size is None else resized(crops, clean_size).clone()
+    x = resized(crops, out_size)
     x = colour_jitter(sensor_blur(x, generator, max_blur), generator, colour_strength)
     n = x.shape[0]
     # Haze: a fifth of the images mixed with a bright, slightly blue veil.
@@ -160,7 +192,14 @@ def augment(
         )
         with Image.open(buffer) as im:
             x[i] = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).to(x.device) / 255.0
-    return x
+    return x, clean
+
+
+def resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, H, W) images at ``size`` x ``size`` (bilinear, antialiased); the same tensor when already so."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def coarser_mosaics(
@@ -215,13 +254,10 @@ def class_bank(model: Any, tokenizer: Any, synonyms: dict[str, list[str]], class
     return [pooled_text(model, tokenizer, [t.format(s) for s in synonyms[c] for t in JOINT_TEMPLATES]) for c in classes]
 
 
-def class_targets(
-    model: Any, bank: list[torch.Tensor], n: int, generator: torch.Generator, per_target: int
-) -> torch.Tensor:
-    """(n, C, E) normalised text targets: per image and class, the mean of random phrasings of the class."""
+def class_phrasings(bank: list[torch.Tensor], n: int, generator: torch.Generator, per_target: int) -> torch.Tensor:
+    """(n, C, D) pooled text per image and class: the mean of ``per_target`` random phrasings of the class."""
     picks = [torch.randint(0, len(c), (n, per_target), generator=generator).to(c.device) for c in bank]
-    pooled = torch.stack([c[p].mean(1) for c, p in zip(bank, picks)], dim=1)
-    return F.normalize(model.text.proj(pooled), dim=-1)
+    return torch.stack([c[p].mean(1) for c, p in zip(bank, picks)], dim=1)
 
 
 def step_loss(
@@ -236,17 +272,24 @@ def step_loss(
     teacher_views: int = 4,
     distill_weight: float = 0.0,
     colour_strength: float = 1.0,
+    teacher_size: int | None = None,
+    distill_sets: tuple[str, ...] | None = None,
+    set_sizes: dict[str, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one balanced batch: per-dataset class cross-entropy plus UCM image-caption InfoNCE.
 
     ``mosaic_share`` of the aerial images become mosaics of their class (:func:`coarser_mosaics`);
     a mosaic has no caption of its own, so it sits out the caption loss. With a ``teacher``, the
-    class loss is ``(1 - distill_weight)`` of the cross-entropy plus ``distill_weight`` of the KL
-    divergence from the teacher's class probabilities, computed on the mean of its features over
-    ``teacher_views`` turned/mirrored views of the same augmented images (``--tta`` distilled into
-    one view).
+    class loss of each dataset in ``distill_sets`` (default: all) is ``(1 - distill_weight)`` of the
+    cross-entropy plus ``distill_weight`` of the KL divergence from the teacher's class probabilities
+    (its own text projection and temperature, the same sampled phrasings), computed on the mean of its
+    features over ``teacher_views`` turned/mirrored views. The teacher sees the student's augmented
+    images (``--tta`` distilled into one view) or, with ``teacher_size``, the same crops before any
+    degradation at that input size (a larger-input teacher, :func:`augment_views`). ``set_sizes`` gives
+    some datasets another input size than the model's (one forward pass per size).
     """
-    inputs, picks, mosaics = [], {}, {}
+    taught_sets = set(shares if distill_sets is None else distill_sets) if teacher is not None else set()
+    inputs, clean_inputs, picks, mosaics = [], {}, {}, {}
     for name, count in shares.items():
         d = data[name]
         idx = torch.randint(0, len(d["images"]), (count,), generator=generator).to(d["images"].device)
@@ -255,27 +298,45 @@ def step_loss(
             images, mosaics[name] = coarser_mosaics(d["images"], d["targets"], idx, generator, mosaic_share)
         else:
             images = d["images"][idx]
-        inputs.append(augment(images, generator, d["min_area"], d["max_blur"], clip.image_size[0], colour_strength))
-    x = clip.normalize(torch.cat(inputs)).contiguous(memory_format=torch.channels_last)
-    features = F.normalize(model.encode_image(x), dim=-1)
+        clean_size = teacher_size if name in taught_sets else None
+        size = (set_sizes or {}).get(name, clip.image_size[0])
+        x_set, clean = augment_views(images, generator, d["min_area"], d["max_blur"], size, colour_strength, clean_size)
+        inputs.append(clip.normalize(x_set))
+        if clean is not None:
+            clean_inputs[name] = clip.normalize(clean)
+    if len({t.shape[-1] for t in inputs}) == 1:
+        x = torch.cat(inputs).contiguous(memory_format=torch.channels_last)
+        features = F.normalize(model.encode_image(x), dim=-1)
+        set_inputs = list(torch.split(x, list(shares.values())))
+    else:  # one forward pass per input size, features put back in the order of the sets
+        set_inputs = [t.contiguous(memory_format=torch.channels_last) for t in inputs]
+        by_size: dict[int, list[int]] = {}
+        for i, t in enumerate(set_inputs):
+            by_size.setdefault(t.shape[-1], []).append(i)
+        pieces: dict[int, torch.Tensor] = {}
+        for members in by_size.values():
+            out = F.normalize(model.encode_image(torch.cat([set_inputs[i] for i in members])), dim=-1)
+            pieces |= dict(zip(members, torch.split(out, [len(set_inputs[i]) for i in members])))
+        features = torch.cat([pieces[i] for i in range(len(set_inputs))])
     scale = model.logit_scale.exp().clamp(max=100)
-    taught = None
-    if teacher is not None:
-        with torch.no_grad():
-            views = [F.normalize(teacher.encode_image(v), dim=-1) for v in dihedral_views(x, teacher_views)]
-            taught = F.normalize(torch.stack(views).mean(0), dim=-1)
     parts: dict[str, torch.Tensor] = {}
     start = 0
-    for name, count in shares.items():
+    for index, (name, count) in enumerate(shares.items()):
         d, idx = data[name], picks[name]
         f = features[start : start + count]
         start += count
-        texts = class_targets(model, d["bank"], count, generator, 4)
-        logits = scale * torch.einsum("bd,bcd->bc", f, texts)
+        pooled = class_phrasings(d["bank"], count, generator, 4)
+        logits = scale * torch.einsum("bd,bcd->bc", f, F.normalize(model.text.proj(pooled), dim=-1))
         parts[name] = F.cross_entropy(logits, d["targets"][idx])
-        if taught is not None:
+        if name in taught_sets:
             with torch.no_grad():
-                soft = F.softmax(scale * torch.einsum("bd,bcd->bc", taught[start - count : start], texts), dim=1)
+                seen = clean_inputs[name] if name in clean_inputs else set_inputs[index]
+                seen = seen.contiguous(memory_format=torch.channels_last)
+                views = [F.normalize(teacher.encode_image(v), dim=-1) for v in dihedral_views(seen, teacher_views)]
+                taught = F.normalize(torch.stack(views).mean(0), dim=-1)
+                teacher_texts = F.normalize(teacher.text.proj(pooled), dim=-1)
+                teacher_scale = teacher.logit_scale.exp().clamp(max=100)
+                soft = F.softmax(teacher_scale * torch.einsum("bd,bcd->bc", taught, teacher_texts), dim=1)
             kl = F.kl_div(F.log_softmax(logits, dim=1), soft, reduction="batchmean")
             parts[f"{name}_kl"] = kl
             parts[name] = (1 - distill_weight) * parts[name] + distill_weight * kl
@@ -382,15 +443,13 @@ def load_data(
     for name, d in train.items():
         d["bank"] = class_bank(model, tokenizer, SYNONYMS[name], d["classes"])
 
-    rows = [json.loads(line) for line in (data_root / "captions" / "ucm_captions.jsonl").read_text().splitlines()]
-    by_path = {str(r["image"]).removeprefix("../ucmerced/"): r for r in rows if r.get("image")}
+    by_path = ucm_caption_rows(data_root)
     captions = [by_path[p]["captions"][:5] for p in train["ucmerced"]["paths"]]
     if any(by_path[p]["split"] != "train" for p in train["ucmerced"]["paths"]):
         raise SystemExit("ucm_joint.json train lists an image outside the UCM-Captions train split")
     pooled = pooled_text(model, tokenizer, [c for group in captions for c in group])
     train["ucmerced"]["captions"] = pooled.view(len(captions), 5, -1)
-    # Retrieval validation: UCM-Captions val images that are in no test split (joint val).
-    val_rows = [by_path[p] for p in ucm_split["val"] if by_path[p]["split"] == "val"]
+    val_rows = caption_val_rows(data_root)
     images = torch.from_numpy(np.stack([read_square(data_root / "captions" / r["image"], 256) for r in val_rows]))
     texts = [c for r in val_rows for c in r["captions"]]
     evals["captions"] = {
@@ -399,6 +458,49 @@ def load_data(
         "text_image": np.repeat(np.arange(len(val_rows)), [len(r["captions"]) for r in val_rows]),
     }
     return train, evals
+
+
+def ucm_caption_rows(data_root: Path) -> dict[str, dict[str, Any]]:
+    """UCM-Captions rows by UC Merced image path (``Class/file.tif``)."""
+    rows = [json.loads(line) for line in (data_root / "captions" / "ucm_captions.jsonl").read_text().splitlines()]
+    return {str(r["image"]).removeprefix("../ucmerced/"): r for r in rows if r.get("image")}
+
+
+def caption_val_rows(data_root: Path) -> list[dict[str, Any]]:
+    """Retrieval validation: the UCM-Captions rows of val images that are in no test split (joint val)."""
+    by_path = ucm_caption_rows(data_root)
+    ucm_split = json.loads((SPLITS / "ucm_joint.json").read_text())["splits"]
+    return [by_path[p] for p in ucm_split["val"] if by_path[p]["split"] == "val"]
+
+
+def sized_input(clip: ClipModel, images: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`model_input` at another input size: (N, H, W, 3) uint8 -> normalised (N, 3, size, size)."""
+    out = []
+    for start in range(0, len(images), 256):
+        x = images[start : start + 256].permute(0, 3, 1, 2).float() / 255.0
+        x = F.interpolate(x, size=(size, size), mode=clip.interpolation, align_corners=False, antialias=True)
+        out.append(clip.normalize(x.clamp(0.0, 1.0)))
+    return torch.cat(out)
+
+
+def aerial_eval_inputs(
+    clip: ClipModel, data_root: Path, evals: dict[str, dict[str, Any]], size: int
+) -> dict[str, dict[str, Any]]:
+    """The validation sets with the aerial ones (UC Merced, AID, UCM-Captions) read again at ``size`` px.
+
+    Read from the image files as :func:`load_data` reads them, then resized by :func:`sized_input`.
+    """
+    files: dict[str, tuple[list[Path], int | None]] = {
+        "ucmerced": ([data_root / "ucmerced" / p for p in evals.get("ucmerced", {}).get("paths", [])], 256),
+        "aid": ([data_root / "aid_subset" / p for p in evals.get("aid", {}).get("paths", [])], None),
+        "captions": ([data_root / "captions" / r["image"] for r in caption_val_rows(data_root)], 256),
+    }
+    out = dict(evals)
+    for name, (paths, source) in files.items():
+        if name in evals:
+            images = torch.from_numpy(np.stack([read_square(p, source) for p in paths]))
+            out[name] = {**evals[name], "x": sized_input(clip, images, size)}
+    return out
 
 
 def cached_data(
@@ -502,6 +604,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     data, evals = leave_out(
         *cached_data(model, tokenizer, clip, args.data, args.limit_per_class, cache), args.leave_out
     )
+    set_sizes = None
+    if args.aerial_size is not None and args.aerial_size != clip.image_size[0]:
+        set_sizes = {name: args.aerial_size for name in ("ucmerced", "aid")}
+        evals = aerial_eval_inputs(clip, args.data, evals, args.aerial_size)
     device = torch.device(args.device)
     if device.type != "cpu":
         model.to(device)
@@ -570,6 +676,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 args.teacher_views,
                 args.distill_weight,
                 args.colour_jitter,
+                args.teacher_size,
+                None if args.distill_sets is None else tuple(args.distill_sets),
+                set_sizes,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -621,6 +730,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "teacher": None if args.teacher is None else str(args.teacher),
         "teacher_views": args.teacher_views if args.teacher is not None else None,
         "distill_weight": args.distill_weight if args.teacher is not None else None,
+        "aerial_size": args.aerial_size,
+        "teacher_size": args.teacher_size if args.teacher is not None else None,
+        "distill_sets": args.distill_sets if args.teacher is not None else None,
         "seed": args.seed,
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
@@ -687,8 +799,28 @@ def main() -> None:
     parser.add_argument(
         "--teacher", type=Path, default=None, help="mini weights to distil from (their --tta view mean), e.g. the init"
     )
-    parser.add_argument("--teacher-views", type=int, choices=(2, 4, 8), default=4)
+    parser.add_argument("--teacher-views", type=int, choices=(1, 2, 4, 8), default=4)
+    parser.add_argument(
+        "--teacher-size",
+        type=int,
+        default=None,
+        help="the teacher's input size: it sees the student's crops before blur, colour, haze and JPEG at this size"
+        " (default: the student's augmented images)",
+    )
+    parser.add_argument(
+        "--distill-sets",
+        nargs="+",
+        choices=("eurosat", "ucmerced", "aid"),
+        default=None,
+        help="the datasets the teacher teaches (default: all)",
+    )
     parser.add_argument("--distill-weight", type=float, default=0.5, help="share of the class loss taught by --teacher")
+    parser.add_argument(
+        "--aerial-size",
+        type=int,
+        default=None,
+        help="train and validate UC Merced, AID and UCM-Captions at this input size (default: the model's 64 px)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
