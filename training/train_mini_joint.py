@@ -52,14 +52,14 @@ A 128 px teacher (``training/train_mini_teacher.py``: the image tower fine-tuned
 distilled into the 64 px model, the teacher seeing each aerial crop undegraded at its own size (tried, not kept:
 no epoch beat the start)::
 
-    .venv/bin/python training/train_mini_joint.py ../shared/data --init geobimors/models/mini/mini.safetensors \
-        --teacher out/teacher/D.safetensors --teacher-size 128 --teacher-views 1 --distill-sets ucmerced aid \
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init geobimors/models/mini/mini.safetensors \\
+        --teacher out/teacher/D.safetensors --teacher-size 128 --teacher-views 1 --distill-sets ucmerced aid \\
         --distill-weight 0.5 --epochs 8 --lr 0.01 --work out/distill128 --data-cache out/mini-joint/data-cache
 
 The aerial sets trained and validated at 128 px while EuroSAT stays at 64 px (``--aerial-size 128``; one
 forward pass per input size), from the shipped weights::
 
-    .venv/bin/python training/train_mini_joint.py ../shared/data --init geobimors/models/mini/mini.safetensors \
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init geobimors/models/mini/mini.safetensors \\
         --aerial-size 128 --epochs 8 --lr 0.02 --work out/multires128 --data-cache out/mini-joint/data-cache
 
 Leave-one-dataset-out (``--leave-out ucmerced|aid``; selection on the other datasets' val only)::
@@ -73,7 +73,7 @@ EuroSAT left out: stage 1 has seen EuroSAT, so the image tower starts from scrat
 on the CPU; the model card reports ``--epochs 6`` and ``12`` on the CPU, ``36`` on the GPU; ``--mosaic 0.3``
 and ``--colour-jitter 2`` were tried and not kept)::
 
-    .venv/bin/python training/train_mini_joint.py ../shared/data --init scratch --leave-out eurosat --epochs 12 \
+    .venv/bin/python training/train_mini_joint.py ../shared/data --init scratch --leave-out eurosat --epochs 12 \\
         --work out/lodo-eurosat --data-cache out/mini-joint/data-cache --out out/lodo-eurosat/selected.safetensors
 """
 

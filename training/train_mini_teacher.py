@@ -26,6 +26,11 @@ MiniLM (from the repository root)::
     .venv/bin/python training/train_mini_teacher.py evaluate ../shared/data --data-cache out/mini-joint/data-cache \\
         --init geobimors/models/mini/mini.safetensors --size 128 out/teacher/D.safetensors
 
+The published teacher ("D", ``docs/mini-teacher-128-log.json``) was trained by a throw-away copy of this
+loop that asked for 3,000 steps and fitted its cosine schedule to its time limit at step 150 (1,979 steps);
+``--steps 1979`` runs the same schedule except for steps 100-150 (learning rate within 0.3%), and GPU runs are
+not bit-for-bit repeatable (floating-point order).
+
 The weights written are in the bundled format (the init's text projection and temperature beside the
 new image tower, rounded through float16, as they were sent back from the GPU).
 """
