@@ -335,6 +335,8 @@ def _raster_fractions(chips: Any, reference: Path, band: int) -> tuple[np.ndarra
     from rasterio.errors import WindowError
     from rasterio.features import geometry_mask, geometry_window
 
+    from geobimors.vector.overlay import warn_assumed_crs
+
     try:
         ds = rasterio.open(reference)
     except rasterio.errors.RasterioIOError as exc:
@@ -344,6 +346,7 @@ def _raster_fractions(chips: Any, reference: Path, band: int) -> tuple[np.ndarra
             raise InputError(f"reference raster {reference} has {ds.count} bands; --band {band} does not exist")
         if np.dtype(ds.dtypes[band - 1]).kind == "f":
             raise InputError(f"reference raster {reference} holds floats; give a classified raster (integer classes)")
+        warn_assumed_crs((f"reference {reference}", ds.crs), ("the map", chips.crs))
         if chips.crs is not None and ds.crs is not None and chips.crs != ds.crs:
             chips = chips.to_crs(ds.crs)
         counts: list[dict[int, int]] = []
@@ -381,7 +384,7 @@ def _polygonal(geometry: Any) -> Any:
 def _polygon_fractions(chips: Any, reference: Path, class_column: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     import geopandas as gpd
 
-    from geobimors.vector.overlay import class_coverage
+    from geobimors.vector.overlay import class_coverage, warn_assumed_crs
 
     try:
         frame = gpd.read_file(reference)
@@ -401,6 +404,7 @@ def _polygon_fractions(chips: Any, reference: Path, class_column: str) -> tuple[
         warn(f"{count} reference polygon(s) of {reference} are not valid geometries; repaired with make_valid")
         frame = frame.set_geometry(frame.geometry.make_valid().apply(_polygonal))
         frame = frame[frame.geometry.notna() & ~frame.geometry.is_empty]
+    warn_assumed_crs((f"reference {reference}", frame.crs), ("the map", chips.crs))
     if chips.crs is not None and frame.crs is not None and chips.crs != frame.crs:
         frame = frame.to_crs(chips.crs)
     names = sorted({str(v) for v in frame[class_column]})

@@ -221,6 +221,29 @@ def test_polygons_without_a_pure_chip_say_what_to_do(
     assert not (tmp_path / "h.safetensors").exists()
 
 
+def test_polygons_off_the_scene_or_without_crs_say_so(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
+) -> None:
+    """Polygons that miss the scene get an error naming both CRSs (not the --min-purity advice); polygons
+    without a CRS are read in the scene's, with a warning."""
+    scene = make_geotiff(tmp_path / "scene.tif", random_rgb(64, 64))
+    boxes = [shapely.box(500_000, 4_999_680, 500_320, 5_000_000), shapely.box(500_320, 4_999_680, 500_640, 5_000_000)]
+    # The same boxes in degrees (a CRS mix-up a user can make): they lie far from the UTM scene.
+    elsewhere = gpd.GeoDataFrame({"label": ["a", "b"]}, geometry=boxes, crs=UTM32N).to_crs("EPSG:3857")
+    elsewhere = elsewhere.set_crs("EPSG:4326", allow_override=True)
+    elsewhere.to_file(tmp_path / "elsewhere.gpkg")
+    args = ["train", tmp_path / "elsewhere.gpkg", "--scene", scene, "-m", tiny_model, "--chip-size", "16"]
+    result = run_cli(capsys, *args, "--head", "probe", "-o", tmp_path / "h.safetensors")
+    assert result.exit_code == 2 and "Traceback" not in result.err
+    assert "none of the polygons of" in result.err and "EPSG:4326" in result.err and "EPSG:32632" in result.err
+    assert "--min-purity" not in result.err
+    assert not (tmp_path / "h.safetensors").exists()
+    gpd.GeoDataFrame({"label": ["a", "b"]}, geometry=boxes).to_file(tmp_path / "bare.gpkg")
+    with pytest.warns(UserWarning, match=r"bare.gpkg has no CRS; assumed to be in the CRS of scene scene.tif"):
+        data, _ = load_geometries(tmp_path / "bare.gpkg", str(scene), chip_size="16", model=tiny_model)
+    assert sorted(data.targets.tolist()) == [0] * 4 + [1] * 4
+
+
 def test_transductive_refinement_keeps_zero_shot_without_context_and_follows_neighbours() -> None:
     from geobimors.train.transductive import grid_neighbours, refine
 

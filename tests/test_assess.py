@@ -155,6 +155,26 @@ def test_polygon_reference_without_mapping(tmp_path: Path) -> None:
         assert again.confusion.tolist() == result.confusion.tolist()
 
 
+def test_a_reference_without_crs_is_assumed_in_the_maps_crs_and_said_so(tmp_path: Path) -> None:
+    """A reference with no CRS (a hand-made shapefile without .prj, a bare raster) is read in the map's CRS,
+    with a warning that names it; the figures are those of the same reference with the CRS."""
+    map_path = _map(tmp_path / "map.gpkg", ["forest", "water"])
+    geometry = [shapely.box(X0, Y0 - 100, X0 + 100, Y0), shapely.box(X0 + 100, Y0 - 100, X0 + 200, Y0)]
+    gpd.GeoDataFrame({"label": ["forest", "forest"]}, geometry=geometry, crs=UTM32N).to_file(tmp_path / "with.gpkg")
+    gpd.GeoDataFrame({"label": ["forest", "forest"]}, geometry=geometry).to_file(tmp_path / "without.gpkg")
+    with_crs = assess(map_path, tmp_path / "with.gpkg")
+    assumed = r"without.gpkg has no CRS; assumed to be in the CRS of the map \(EPSG:32632\)"
+    with pytest.warns(UserWarning, match=assumed):
+        without = assess(map_path, tmp_path / "without.gpkg")
+    assert without.confusion.tolist() == with_crs.confusion.tolist() == [[1, 1]]
+    codes = np.ones((10, 20), dtype=np.uint8)
+    reference = make_geotiff(tmp_path / "bare.tif", codes, crs=None)
+    mapping = tmp_path / "mapping.csv"
+    mapping.write_text("map label,reference class\nforest,1\nwater,2\n")
+    with pytest.warns(UserWarning, match="bare.tif has no CRS"):
+        assert assess(map_path, reference, mapping).to_dict()["chips_scored"] == 2
+
+
 def test_assess_cli_writes_reports_and_refuses_to_overwrite(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     codes = np.ones((10, 20), dtype=np.uint8)
     codes[:, 10:] = 2

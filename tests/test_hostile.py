@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import rasterio
 from affine import Affine
@@ -608,6 +609,12 @@ HOSTILE_CASES = [
     ),
     Case("scene is a FIFO", lambda t, m: base(t, m, scene=fifo(t, "scene.tif")), 2, ("named pipe",)),
     Case("zip bomb via /vsizip/", lambda t, m: base(t, m, scene=zip_bomb(t)), 2, ("zip bomb",)),
+    Case(
+        "complex-valued SAR bands",
+        lambda t, m: base(t, m, scene=scene(t, random_rgb(64, 64).astype(np.complex64) * (1 + 1j), name="slc.tif")),
+        2,
+        ("complex-valued bands (complex64)", "abs(A)"),
+    ),
     # Bounded reads and labels
     Case(
         "labels file is /dev/zero",

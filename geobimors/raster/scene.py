@@ -115,7 +115,7 @@ def open_scene(
 
     Raises:
         InputError: if the scene is missing, unreadable, not a raster, empty,
-            names network sources from a local file, has georeferencing that
+            complex-valued, names network sources from a local file, has georeferencing that
             cannot be right, or has no CRS (unless ``allow_no_crs``).
     """
     text = os.fspath(path)
@@ -137,6 +137,14 @@ def open_scene(
         with network_guard(network_ok), rasterio.open(target) as ds:
             if ds.width == 0 or ds.height == 0 or ds.count == 0:
                 raise InputError(f"scene {text} is empty ({ds.width} x {ds.height} px, {ds.count} bands)")
+            complex_types = sorted({t for t in ds.dtypes if t.startswith("complex")})
+            if complex_types:
+                # Complex samples (SAR single-look complex) are not imagery: numpy would keep their real part.
+                raise InputError(
+                    f"scene {text} has complex-valued bands ({', '.join(complex_types)}), such as SAR single-look"
+                    " complex data, which the model cannot read; convert them to amplitude first (gdal_calc.py -A"
+                    f" {text} --allBands=A --calc='abs(A)' --type=Float32 --outfile=amplitude.tif)"
+                )
             crs, transform = _georeferencing(ds, text, allow_no_crs, allow_no_geotransform)
             dropped_crs = crs is None and ds.crs is not None  # --allow-no-geotransform: pixel coordinates
             info = SceneInfo(

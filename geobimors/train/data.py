@@ -255,11 +255,12 @@ def load_geometries(
     """
     import geopandas as gpd
     import shapely
+    from rasterio.transform import array_bounds
 
     from geobimors.raster.read import ChipReader
     from geobimors.run.plan import MapSettings, plan_map
     from geobimors.vector.gpkg import chip_polygons
-    from geobimors.vector.overlay import class_coverage, is_points
+    from geobimors.vector.overlay import class_coverage, is_points, warn_assumed_crs
 
     if not 0.0 < min_purity <= 1.0:
         raise InputError(f"--min-purity must be in (0, 1], got {min_purity}")
@@ -287,6 +288,8 @@ def load_geometries(
             allow_network=allow_network,
         )
     )
+    warn_assumed_crs((str(path), frame.crs), (f"scene {plan.scene.name}", plan.scene.crs))
+    own_crs = frame.crs.to_string() if frame.crs is not None else "none"
     if plan.scene.crs is not None and frame.crs is not None and frame.crs != plan.scene.crs:
         frame = frame.to_crs(plan.scene.crs)
     geometries = np.asarray(frame.geometry.values)
@@ -294,6 +297,14 @@ def load_geometries(
     points = is_points(geometries)
     if not points and np.isin(kinds, [shapely.GeometryType.POINT, shapely.GeometryType.MULTIPOINT]).any():
         raise InputError(f"{path} mixes points and polygons; give one kind per file")
+    kind = "points" if points else "polygons"
+    footprint = shapely.box(*array_bounds(plan.scene.height, plan.scene.width, plan.scene.transform))
+    if not shapely.intersects(geometries, footprint).any():
+        raise InputError(
+            f"none of the {kind} of {path} lies on scene {plan.scene.name}; check that they cover the same place "
+            f"(CRS of {path}: {own_crs}, "
+            f"of the scene: {plan.scene.crs.to_string() if plan.scene.crs is not None else 'none'})"
+        )
     classes = np.array([names.index(str(v)) for v in frame[label_column]], dtype=np.int64)
     grid = plan.grid
     chips = _chips_under(grid, plan.scene.transform, shapely.bounds(geometries))
@@ -311,7 +322,6 @@ def load_geometries(
         targets.append(int(coverage.majority[i]))
         groups.append(int(coverage.dominant[i]))
         sources.append(f"{path}#{int(coverage.dominant[i])}@chip({chip.row},{chip.col})")
-    kind = "points" if points else "polygons"
     if not images:
         raise InputError(
             f"no chip of {scene} is covered to --min-purity {min_purity} by the {kind} of {path} (on valid pixels); "

@@ -9,6 +9,7 @@ fraction (the purity) label a chip for training and accuracy assessment.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import shapely
@@ -88,3 +89,17 @@ def is_points(geometries: np.ndarray) -> bool:
     return bool(len(kinds)) and bool(
         np.isin(kinds, [shapely.GeometryType.POINT, shapely.GeometryType.MULTIPOINT]).all()
     )
+
+
+def warn_assumed_crs(first: tuple[str, Any], second: tuple[str, Any]) -> None:
+    """Say which CRS is assumed when only one of two layers has one (QGIS' habit, said aloud).
+
+    Args:
+        first: a layer's name as a message calls it (``"reference ref.gpkg"``) and its CRS or None.
+        second: the other layer's, likewise.
+    """
+    from geobimors.errors import warn
+
+    for (name, crs), (other_name, other_crs) in ((first, second), (second, first)):
+        if crs is None and other_crs is not None:
+            warn(f"{name} has no CRS; assumed to be in the CRS of {other_name} ({other_crs.to_string()})")
