@@ -1767,6 +1767,14 @@ def main(argv: list[str] | None = None) -> None:
             _report_interrupt(args, cause)
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # bare `geobimors`: the help, as click shows it
+            exc.show()
+            sys.exit(exc.exit_code)
+        # One line like every other error, with where to look instead of click's usage block.
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"Error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

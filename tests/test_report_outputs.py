@@ -113,3 +113,24 @@ def test_an_interrupted_command_says_what_it_left(
     assert result.exit_code == 130
     assert result.err.strip() == "Interrupted before the output was finished; run the command again to start over."
     assert not (tmp_path / "h.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "hint"),
+    [
+        (["map", "--bogus"], "Error: No such option '--bogus'.", "(see 'geobimors map --help')"),
+        (["mpa"], "Error: No such command 'mpa'. Did you mean 'map'?", "(see 'geobimors --help')"),
+        (["map", "x.tif", "--tta", "3"], "Error: Invalid value for '--tta'", "(see 'geobimors map --help')"),
+    ],
+)
+def test_usage_errors_are_one_line_with_where_to_look(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str, hint: str
+) -> None:
+    """A mistyped option or command gets one 'Error:' line naming the help to read, not click's usage block;
+    a bare ``geobimors`` still prints its help."""
+    result = run_cli(capsys, *args)
+    assert result.exit_code == 2 and result.out == ""
+    assert result.err.strip().splitlines() == [result.err.strip()]
+    assert result.err.startswith(message) and result.err.rstrip().endswith(hint)
+    bare = run_cli(capsys)
+    assert "Usage: geobimors" in bare.out + bare.err and "Commands:" in bare.out + bare.err
