@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from geobimors._version import __version__
-from geobimors.errors import GeobimorsError, GeobimorsWarning, InputError
+from geobimors.errors import GeobimorsError, GeobimorsWarning, InputError, check_at_least_one
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -308,11 +308,6 @@ def _output_captioner(name: str | None, max_new_tokens: int, num_beams: int) -> 
     if spec.is_none:
         raise InputError("--captions none writes no captions; drop --captions, or name a captioner (mini, a BLIP id)")
     return spec
-
-
-def _check_batch_size(batch_size: int, option: str = "--batch-size") -> None:
-    if batch_size < 1:
-        raise InputError(f"{option} must be at least 1, got {batch_size}")
 
 
 def _check_report_output(path: Path | None, overwrite: bool, option: str, suffix: str) -> None:
@@ -758,7 +753,7 @@ def caption_command(
     spec = _captioner_spec(captioner, max_new_tokens, num_beams)
     if spec.is_none:
         raise InputError("--captioner none generates no captions; name a BLIP-2 or BLIP checkpoint")
-    _check_batch_size(batch_size)
+    check_at_least_one(batch_size, "--batch-size")
     _check_report_output(output, overwrite, "-o", ".csv")
     rows, cached = caption_source(
         source,
@@ -1055,9 +1050,8 @@ def evaluate_command(
 
     if zero_shot and head_path is not None:
         raise InputError("--zero-shot and --head exclude each other")
-    _check_batch_size(batch_size)
-    if limit_per_class is not None and limit_per_class < 1:
-        raise InputError(f"--limit-per-class must be at least 1, got {limit_per_class}")
+    check_at_least_one(batch_size, "--batch-size")
+    check_at_least_one(limit_per_class, "--limit-per-class")
     _check_report_output(json_path, overwrite, "--json", ".json")
     _check_report_output(confusion, overwrite, "--confusion", ".csv")
     if json_path is not None and confusion is not None and json_path.resolve() == confusion.resolve():

@@ -51,6 +51,16 @@ class GeobimorsWarning(UserWarning):
     """Something the user should know that does not stop the run (one line in the CLI)."""
 
 
+def check_at_least_one(value: int | None, option: str) -> None:
+    """Refuse a count below 1 (``--batch-size 0``, ``--limit-per-class -1``); ``None`` means unset.
+
+    Raises:
+        InputError: naming the option and the value.
+    """
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be at least 1, got {value}")
+
+
 def warn(message: str) -> None:
     """Issue a :class:`GeobimorsWarning` with a one-line message."""
     import warnings

@@ -134,3 +134,21 @@ def test_usage_errors_are_one_line_with_where_to_look(
     assert result.err.startswith(message) and result.err.rstrip().endswith(hint)
     bare = run_cli(capsys)
     assert "Usage: geobimors" in bare.out + bare.err and "Commands:" in bare.out + bare.err
+
+
+def test_the_python_api_checks_counts_before_any_work(tmp_path: Path) -> None:
+    """The checks the CLI makes are the API's too: a notebook call with batch_size=0 or limit_per_class=0 is
+    refused by name before any file is read or model loaded (the paths here do not exist)."""
+    from geobimors.run.caption import caption_source
+    from geobimors.train.api import evaluate_data
+    from geobimors.train.retrieval import evaluate_retrieval
+
+    missing = tmp_path / "nope"
+    with pytest.raises(InputError, match="--batch-size must be at least 1, got 0"):
+        evaluate_data(missing, batch_size=0)
+    with pytest.raises(InputError, match="--limit-per-class must be at least 1, got -2"):
+        evaluate_data(missing, limit_per_class=-2)
+    with pytest.raises(InputError, match="--batch-size must be at least 1, got 0"):
+        evaluate_retrieval(missing / "captions.jsonl", batch_size=0)
+    with pytest.raises(InputError, match="--batch-size must be at least 1, got -1"):
+        caption_source(missing, None, "mini", {}, batch_size=-1)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from geobimors.errors import InputError
+from geobimors.errors import InputError, check_at_least_one
 from geobimors.models.captions import Captioner
 from geobimors.progress import Progress
 from geobimors.raster.images import IMAGE_SUFFIXES
@@ -44,6 +44,7 @@ def caption_source(
     Returns:
         (source, caption) rows and how many captions came from the cache.
     """
+    check_at_least_one(batch_size, "--batch-size")
     hits_before = captioner.cache_hits
     rows: list[tuple[str, str]] = []
     if source.is_dir():

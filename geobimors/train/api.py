@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from geobimors.errors import InputError, warn
+from geobimors.errors import InputError, check_at_least_one, warn
 from geobimors.heads.base import Head
 from geobimors.heads.checkpoint import build_head, load_head, save_head
 from geobimors.heads.probe import EmbeddingHead
@@ -275,6 +275,8 @@ def evaluate_data(
 
     if protocol not in ("all", "base-to-new"):
         raise InputError(f"--protocol {protocol!r}: use all or base-to-new")
+    check_at_least_one(batch_size, "--batch-size")
+    check_at_least_one(limit_per_class, "--limit-per-class")
     check_tta(tta)
     path = Path(data)
     root = path / "val" if (path / "val").is_dir() else path

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from geobimors.errors import InputError
+from geobimors.errors import InputError, check_at_least_one
 
 #: Largest caption file read (the RSICD dataset.json is about 10 MB).
 MAX_CAPTION_FILE_BYTES = 512 * 1024 * 1024
@@ -392,6 +392,7 @@ def evaluate_retrieval(
     from geobimors.raster.images import read_rgb
 
     check_retrieval_options(views, view_blend, caption_guidance, captioner)
+    check_at_least_one(batch_size, "--batch-size")
     check_tta(tta)
     data = load_caption_set(captions, split, images_root)
     clip = load_model(model, device, precision, tta)
