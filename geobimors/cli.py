@@ -538,8 +538,7 @@ def map_command(
 
 
 def _check_workers(workers: int | None) -> None:
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+    check_at_least_one(workers, "--workers")
     if workers is not None and workers > max(64, 4 * (os.cpu_count() or 1)):
         raise InputError(
             f"--workers {workers} is far more than this machine's {os.cpu_count()} CPUs; use at most the number "
@@ -1510,8 +1509,7 @@ def embed_command(
         output if output is not None else Path(_default_output(scene).replace(".geobimors.gpkg", ".embeddings.parquet"))
     )
     check_store_output(out, overwrite)  # fail on the output before any slow work
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+    check_at_least_one(workers, "--workers")
     settings = MapSettings(
         scene=scene,
         model=model,

@@ -54,12 +54,15 @@ from safetensors.torch import load_file, save_file
 from train_mini_joint import augment, read_square
 
 from geobimors.models.clip import dihedral_views
+from geobimors.models.mini import CONFIG_PATH
 from geobimors.models.mini.towers import ResNetTower
 
 AERIAL = ("ucmerced", "aid")
 FOLDERS = {"ucmerced": "ucmerced", "aid": "aid_subset"}
-MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+# The bundled model's input normalisation, from its config (read directly: the device machine has no MiniLM).
+_PREPROCESS = json.loads(CONFIG_PATH.read_text())["preprocess_cfg"]
+MEAN = torch.tensor(_PREPROCESS["mean"]).view(1, 3, 1, 1)
+STD = torch.tensor(_PREPROCESS["std"]).view(1, 3, 1, 1)
 
 
 def cache_files(data_cache: Path) -> tuple[Path, Path]:

@@ -29,7 +29,7 @@ from rasterio.crs import CRS
 from geobimors._version import __version__
 from geobimors.embeddings.dataset import StoreSet, open_stores, reproject
 from geobimors.embeddings.store import CAPTION, CAPTION_EMBEDDING, EMBEDDING, EmbeddingStore
-from geobimors.errors import InputError, ModelError
+from geobimors.errors import InputError, ModelError, check_at_least_one
 from geobimors.heads.base import Head, works_from_embeddings
 from geobimors.heads.classifier import ClassifierSpec, get_classifier
 from geobimors.labels import Label
@@ -228,8 +228,7 @@ def open_relabeller(
     from geobimors.heads.checkpoint import checkpoint_labels, read_metadata
 
     opened = open_stores(store)
-    if top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {top_k}")
+    check_at_least_one(top_k, "--top-k")
     metadata = read_metadata(Path(head)) if head is not None else None
     name = model or (str(metadata["clip_model"]) if metadata else opened.meta.model)
     chosen = tuple(labels) or (tuple(checkpoint_labels(metadata)) if metadata else ())

@@ -32,7 +32,7 @@ from geobimors.embeddings.store import (
     make_meta,
     tables_bbox,
 )
-from geobimors.errors import GeobimorsError, RunError, warn
+from geobimors.errors import GeobimorsError, RunError, check_at_least_one, warn
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import ClipModel, check_tta, load_model
 from geobimors.progress import Progress
@@ -263,8 +263,7 @@ def plan_embed(
 
     if dtype not in DTYPES:
         raise InputError(f"--dtype must be float16 or float32, got {dtype!r}")
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    check_at_least_one(settings.batch_size, "--batch-size")
     if captioner is not None and captioner.is_none:
         captioner = None
     model = settings.model or DEFAULT_MODEL

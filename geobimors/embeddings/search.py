@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
 
-from geobimors.errors import InputError
+from geobimors.errors import InputError, check_at_least_one
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -645,8 +645,7 @@ def search(
     opened = open_stores(store)
     texts = [check_query_text(q) for q in ([queries] if isinstance(queries, str) else list(queries))]
     check_k(k)
-    if nprobe is not None and nprobe < 1:
-        raise InputError(f"--nprobe must be at least 1, got {nprobe}")
+    check_at_least_one(nprobe, "--nprobe")
     if not texts and not like:
         raise InputError('nothing to search for: give a text query ("solar farm") or --like examples')
     if not 0.0 <= caption_weight <= 1.0:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from geobimors._version import __version__
-from geobimors.errors import InputError, warn
+from geobimors.errors import InputError, check_at_least_one, warn
 from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
@@ -299,8 +299,7 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     if not 0.0 <= low < high <= 100.0:
         raise InputError(f"--percentiles {low:g},{high:g}: expected 0 <= LOW < HIGH <= 100, such as 2,98")
     default_chip, _ = model_defaults(model)
-    if settings.max_chips < 1:
-        raise InputError(f"--max-chips must be at least 1, got {settings.max_chips}")
+    check_at_least_one(settings.max_chips, "--max-chips")
     scene = open_scene(
         settings.scene,
         allow_no_crs=settings.allow_no_crs,
@@ -386,16 +385,14 @@ def plan_map(settings: MapSettings) -> ScenePlan:
     """
     from geobimors.heads.checkpoint import checkpoint_labels, read_metadata, warn_if_tta_differs
 
-    if settings.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {settings.batch_size}")
+    check_at_least_one(settings.batch_size, "--batch-size")
     if settings.batch_size > MAX_BATCH_SIZE or settings.caption_batch_size > MAX_BATCH_SIZE:
         size = max(settings.batch_size, settings.caption_batch_size)
         raise InputError(
             f"batch size {size:,} is more than {MAX_BATCH_SIZE:,} chips: a batch's pixels alone would take "
             "gigabytes; use --batch-size 32 to 512"
         )
-    if settings.top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {settings.top_k}")
+    check_at_least_one(settings.top_k, "--top-k")
     metadata = read_metadata(settings.head) if settings.head else None
     model = settings.model or (str(metadata["clip_model"]) if metadata else DEFAULT_MODEL)
     labels = settings.labels or (tuple(checkpoint_labels(metadata)) if metadata else ())
@@ -407,8 +404,7 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         model, tuple(labels), settings.device, settings.precision, head=head, tta=check_tta(settings.tta)
     )
     plan = ScenePlan(settings, scene, grid, read, classifier, bands)
-    if settings.caption_batch_size < 1:
-        raise InputError(f"--caption-batch-size must be at least 1, got {settings.caption_batch_size}")
+    check_at_least_one(settings.caption_batch_size, "--caption-batch-size")
     if metadata:
         plan.head_kind = str(metadata["head"])
         warn_if_tta_differs(metadata, plan.classifier.tta)

@@ -207,8 +207,7 @@ def train(
         raise InputError(f"output {out} already exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
         raise InputError(f"output directory {out.parent} does not exist")
-    if shots is not None and shots < 1:
-        raise InputError(f"--shots must be at least 1, got {shots}")
+    check_at_least_one(shots, "--shots")
     clip = load_model(model, device, precision, tta)  # checks tta first
     loaded = load_training_data(
         data, shots, settings.seed, labels_file, classes, val_shots, model=model, **polygon_options

@@ -289,7 +289,7 @@ def load_geometries(
         )
     )
     warn_assumed_crs((str(path), frame.crs), (f"scene {plan.scene.name}", plan.scene.crs))
-    own_crs = frame.crs.to_string() if frame.crs is not None else "none"
+    own_crs, scene_crs = (crs.to_string() if crs is not None else "none" for crs in (frame.crs, plan.scene.crs))
     if plan.scene.crs is not None and frame.crs is not None and frame.crs != plan.scene.crs:
         frame = frame.to_crs(plan.scene.crs)
     geometries = np.asarray(frame.geometry.values)
@@ -302,8 +302,7 @@ def load_geometries(
     if not shapely.intersects(geometries, footprint).any():
         raise InputError(
             f"none of the {kind} of {path} lies on scene {plan.scene.name}; check that they cover the same place "
-            f"(CRS of {path}: {own_crs}, "
-            f"of the scene: {plan.scene.crs.to_string() if plan.scene.crs is not None else 'none'})"
+            f"(CRS of {path}: {own_crs}, of the scene: {scene_crs})"
         )
     classes = np.array([names.index(str(v)) for v in frame[label_column]], dtype=np.int64)
     grid = plan.grid
