@@ -5,13 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from geobimors.errors import InputError, check_at_least_one
 from geobimors.models.captions import Captioner
 from geobimors.progress import Progress
-from geobimors.raster.images import IMAGE_SUFFIXES
+from geobimors.raster.images import IMAGE_SUFFIXES, read_rgb
 from geobimors.raster.read import ChipReader
 from geobimors.run.plan import MapSettings, plan_reading
 
@@ -21,14 +18,6 @@ def _folder_images(folder: Path) -> list[Path]:
     if not files:
         raise InputError(f"no images in {folder} ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
 
 
 def caption_source(
@@ -53,7 +42,7 @@ def caption_source(
         try:
             for start in range(0, len(files), batch_size):
                 batch = files[start : start + batch_size]
-                captions = captioner.caption([_load_rgb(p) for p in batch], batch_size)
+                captions = captioner.caption([read_rgb(p) for p in batch], batch_size)
                 rows += [(str(p), c) for p, c in zip(batch, captions)]
                 progress.update(len(batch))
         finally:

@@ -91,9 +91,9 @@ def load_training_data(
         )
         train_idx, val_idx = _split_geometries(chips.targets, groups, shots, seed, val_shots > 0)
         everything = chips
-        train = _select_classes(_take(everything, train_idx), classes)
+        train = _select_classes(everything.take(train_idx), classes)
         if len(val_idx):
-            val = _select_classes(_take(everything, val_idx), classes)
+            val = _select_classes(everything.take(val_idx), classes)
         if val is None and val_shots > 0:
             warn(
                 f"{path}: no class has two or more geometries to hold one out, so there is no validation split "
@@ -153,10 +153,6 @@ def _split_geometries(
         rest = rng.permutation(members[~held])
         train += list(rest if shots is None else rest[:shots])
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
-
-
-def _take(data: LabelledImages, index: np.ndarray) -> LabelledImages:
-    return LabelledImages(data.images[index], data.targets[index], data.labels, [data.sources[i] for i in index])
 
 
 def caption_function(head: Head, device: str, precision: str) -> Callable[[np.ndarray], list[str]] | None:

@@ -22,7 +22,7 @@ import numpy as np
 from geobimors.class_names import readable_class_name
 from geobimors.errors import InputError, warn
 from geobimors.labels import Label, parse_labels
-from geobimors.raster.images import IMAGE_SUFFIXES, read_rgb
+from geobimors.raster.images import IMAGE_SUFFIXES, ImageFiles, Images
 
 DEFAULT_MIN_PURITY = 0.75
 if TYPE_CHECKING:
@@ -36,13 +36,14 @@ class LabelledImages:
     """Images with class targets.
 
     Attributes:
-        images: (N, H, W, 3) uint8 RGB images (all the same size).
+        images: (N, H, W, 3) uint8 RGB images (all the same size): in memory, or image files read
+            on demand (:class:`~geobimors.raster.images.ImageFiles`, what image folders give).
         targets: (N,) class index of each image.
         labels: the classes, in target order.
         sources: where each image came from (file path or polygon id).
     """
 
-    images: np.ndarray
+    images: Images
     targets: np.ndarray
     labels: list[Label]
     sources: list[str] = field(default_factory=list)
@@ -50,17 +51,26 @@ class LabelledImages:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def take(self, index: np.ndarray) -> LabelledImages:
+        """The images at ``index`` (indexes or a boolean mask), with their classes; files stay unread."""
+        index = np.arange(len(self))[index]
+        images = self.images.take(index) if isinstance(self.images, ImageFiles) else self.images[index]
+        return LabelledImages(images, self.targets[index], self.labels, [self.sources[i] for i in index.tolist()])
+
+    def in_memory(self) -> LabelledImages:
+        """The same images with their pixels read (for training, which visits every image each epoch)."""
+        if isinstance(self.images, ImageFiles):
+            return LabelledImages(np.asarray(self.images), self.targets, self.labels, self.sources)
+        return self
+
     def subset(self, classes: Sequence[int]) -> LabelledImages:
         """Images of some classes only, re-indexed to those classes."""
         classes = list(classes)
-        keep = np.isin(self.targets, classes)
+        kept = self.take(np.isin(self.targets, classes))
         remap = {old: new for new, old in enumerate(classes)}
-        return LabelledImages(
-            self.images[keep],
-            np.array([remap[int(t)] for t in self.targets[keep]], dtype=np.int64),
-            [self.labels[c] for c in classes],
-            [s for s, k in zip(self.sources, keep) if k],
-        )
+        kept.targets = np.array([remap[int(t)] for t in kept.targets], dtype=np.int64)
+        kept.labels = [self.labels[c] for c in classes]
+        return kept
 
 
 def split_base_new(n_classes: int) -> tuple[list[int], list[int]]:
@@ -186,9 +196,8 @@ def _sample_images(
             files = [files[i] for i in sorted(rng.choice(len(files), size=shots, replace=False))]
         paths += files
         targets += [index] * len(files)
-    first = read_rgb(paths[0], None)
-    size = (first.shape[1], first.shape[0])
-    images = np.stack([first] + [read_rgb(p, size) for p in paths[1:]])
+    # Read on demand: a folder of any size is evaluated or embedded one batch at a time.
+    images = ImageFiles.open(paths)
     return LabelledImages(images, np.array(targets, dtype=np.int64), labels, [str(p) for p in paths])
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from geobimors.heads.probe import EmbeddingHead, LinearProbeHead, TipAdapterHead
 from geobimors.models.clip import ClipModel
 from geobimors.progress import Progress
+from geobimors.raster.images import Images
 from geobimors.train.data import LabelledImages
 from geobimors.train.loop import TrainResult
 
@@ -45,10 +46,8 @@ def _one_thread() -> Iterator[None]:
 
 
 @torch.no_grad()
-def embed_images(
-    clip: ClipModel, images: np.ndarray, batch_size: int = 128, progress_mode: str = "none"
-) -> torch.Tensor:
-    """(N, E) L2-normalised pooled embeddings of (N, H, W, 3) uint8 images."""
+def embed_images(clip: ClipModel, images: Images, batch_size: int = 128, progress_mode: str = "none") -> torch.Tensor:
+    """(N, E) L2-normalised pooled embeddings of (N, H, W, 3) uint8 images (files are read one batch at a time)."""
     out = []
     progress = Progress(len(images), progress_mode, desc="embedding images")
     try:

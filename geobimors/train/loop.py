@@ -128,6 +128,9 @@ def train_head(
         The training history and selection.
     """
     settings = settings or TrainSettings()
+    # Every epoch visits every image: read the files once, not once per epoch.
+    train = train.in_memory()
+    val = val.in_memory() if val is not None else None
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
     head.train()
@@ -136,7 +139,7 @@ def train_head(
     optimizer, scheduler = make_optimizer(params, settings)
     caption_features = None
     if head.uses_captions and captions is not None:
-        caption_features = head.encode_captions(captions(train.images))
+        caption_features = head.encode_captions(captions(np.asarray(train.images)))
     transform = _augment(settings, head.clip.image_size)
     best_state: dict[str, torch.Tensor] | None = None
     start = time.monotonic()
