@@ -976,16 +976,18 @@ def train_command(
     type=int,
     default=1,
     show_default=True,
-    help="Retrieval: multi-perspective views of each image (MPS-CLIP): 1 the full image, 5 with its four "
-    "quadrants, 6 with its centre crop too; each view is resized to the model input and an image's similarity to "
-    "a text is the best of its views.",
+    help="Views of each image: 1 the full image, 5 with its four quadrants, 6 with its centre crop too; each "
+    "view is resized to the model input, so a sub-view is seen at twice the detail. Classification blends the "
+    "sub-views' mean features with the full image's (--view-blend, default 0.5; zero-shot and embedding heads); "
+    "retrieval (MPS-CLIP) scores an image by its best view.",
 )
 @click.option(
     "--view-blend",
     type=FINITE,
     default=None,
-    help="Retrieval with --views 5/6: similarity = (1-B) x full view + B x best sub-view, instead of the best "
-    "of all views.",
+    help="With --views 5/6, the sub-views' weight B in 0..1. Classification: features = (1-B) x full + B x "
+    "mean of the sub-views [default: 0.5]. Retrieval: similarity = (1-B) x full + B x best sub-view [default: "
+    "the best of all views].",
 )
 @click.option(
     "--caption-guidance",
@@ -1056,10 +1058,13 @@ def evaluate_command(
     if json_path is not None and confusion is not None and json_path.resolve() == confusion.resolve():
         raise InputError("--json and --confusion name the same file; give two paths")
     retrieval = task == "retrieval" or (task == "auto" and data.suffix.lower() in (".json", ".jsonl"))
-    if not retrieval and (views != 1 or view_blend is not None or caption_guidance is not None):
-        raise InputError("--views, --view-blend and --caption-guidance apply to --task retrieval only; drop them")
+    if not retrieval and caption_guidance is not None:
+        raise InputError("--caption-guidance applies to --task retrieval only; drop it")
     check_retrieval_options(views, view_blend, caption_guidance, captioner)
     if task == "captioning":
+        if views != 1 or view_blend is not None:
+            raise InputError("--views and --view-blend apply to classification and retrieval; drop them with "
+                             "--task captioning")  # fmt: skip
         if head_path is not None:
             raise InputError("--task captioning scores a captioner (--captioner); drop --head")
         if tta != 1:
@@ -1098,6 +1103,8 @@ def evaluate_command(
         precision=precision,
         batch_size=batch_size,
         tta=tta,
+        views=views,
+        view_blend=view_blend,
     )
     evaluation = report.pop("_evaluation")
     if json_path is not None:
@@ -1106,6 +1113,8 @@ def evaluate_command(
         evaluation.write_confusion_csv(confusion)
     if not quiet:
         setting = f"{report['head']}, {report['model']}"
+        if views != 1:
+            setting += f", full image and {views - 1} sub-views blended {report['view_blend']}"
         if tta != 1:
             setting += f", mean of {tta} turned/mirrored views"
         click.echo(f"accuracy: {report['accuracy']:.4f} on {report['n']} images ({setting})")

@@ -83,12 +83,9 @@ def test_embedding_a_folder_reads_each_image_once_and_one_batch_at_a_time(
     class MeanColour:
         """The least a model needs: a batch in, one vector per image out."""
 
-        def preprocess(self, chips: np.ndarray) -> torch.Tensor:
+        def embed_chips(self, chips: np.ndarray) -> torch.Tensor:
             held.append(len(chips))
-            return torch.from_numpy(chips).float().mean(dim=(1, 2))
-
-        def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.normalize(x, dim=-1)
+            return torch.nn.functional.normalize(torch.from_numpy(chips).float().mean(dim=(1, 2)), dim=-1)
 
     features = embed_images(MeanColour(), data.images, batch_size=4)  # type: ignore[arg-type]
     assert held == [4, 4, 2]
@@ -125,3 +122,44 @@ def test_captioning_a_folder_refuses_a_bomb_in_one_line(
     result = run_cli(capsys, "caption", root, "--captioner", tiny_blip, "--num-beams", "1", "-o", tmp_path / "c.csv")
     assert_one_line_error(result, 2, "bomb.png declares 900,000,000 pixels")
     assert not (tmp_path / "c.csv").exists()
+
+
+def test_detail_views_blend_the_sub_views_features_with_the_full_chips(tiny_model: str) -> None:
+    from geobimors.models.clip import load_model
+    from geobimors.raster.views import view_crops
+
+    plain = load_model(tiny_model, "cpu")
+    chips = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    full = plain.encode_images(plain.preprocess(chips))
+    torch.testing.assert_close(plain.embed_chips(chips), full)
+    six = plain.with_views(6, 0.25)
+    assert six.model is plain.model and (six.views, six.view_blend) == (6, 0.25) and plain.views == 1
+    sub = torch.stack([plain.encode_images(plain.preprocess(v)) for v in view_crops(chips, 6)[1:]]).mean(0)
+    expected = torch.nn.functional.normalize(0.75 * full + 0.25 * sub, dim=-1)
+    torch.testing.assert_close(six.embed_chips(chips), expected)
+    assert not torch.allclose(six.embed_chips(chips), full, atol=1e-3)
+    torch.testing.assert_close(plain.with_views(5, 0.0).embed_chips(chips), full)
+    assert plain.with_views(5).view_blend == 0.5
+
+
+def test_evaluate_with_detail_views_scores_the_blended_features(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, tmp_path: Path
+) -> None:
+    import json
+
+    from geobimors.heads.zero_shot import ZeroShotHead
+    from geobimors.models.clip import load_model
+
+    root = _folder(tmp_path / "f", first=(40, 40))
+    report = tmp_path / "r.json"
+    result = run_cli(capsys, "evaluate", root, "-m", tiny_model, "--views", "6", "--json", report)
+    assert result.exit_code == 0, result.err
+    assert "full image and 5 sub-views blended 0.5" in result.out
+    got = json.loads(report.read_text())
+    assert (got["views"], got["view_blend"]) == (6, 0.5)
+    data = load_image_folder(root)
+    clip = load_model(tiny_model, "cpu").with_views(6)
+    predicted = ZeroShotHead(clip, data.labels).logits_from_embeddings(clip.embed_chips(np.asarray(data.images)))
+    assert got["accuracy"] == pytest.approx(float((predicted.argmax(1).numpy() == data.targets).mean()))
+    result = run_cli(capsys, "evaluate", root, "-m", tiny_model, "--view-blend", "0.3")
+    assert_one_line_error(result, 2, "pass --views 5 or 6 with it")

@@ -316,10 +316,11 @@ RETRIEVAL_OPTION_ERRORS = {
     "--caption-guidance outside 0..1": (["--caption-guidance", "-0.1"], "--caption-guidance must be a weight between"),
     "--caption-guidance NaN": (["--caption-guidance", "nan"], "not a finite number"),
     "--caption-guidance with --captioner none": (["--caption-guidance", "0.3", "--captioner", "none"], "not 'none'"),
-    "retrieval options on a classification task": (
-        ["--task", "classification", "--views", "5"],
-        "--task retrieval only",
+    "caption guidance on a classification task": (
+        ["--task", "classification", "--caption-guidance", "0.3"],
+        "--caption-guidance applies to --task retrieval only",
     ),
+    "--views with --task captioning": (["--task", "captioning", "--views", "5"], "drop them with --task captioning"),
 }
 
 

@@ -75,6 +75,9 @@ def test_train_evaluate_and_map_with_a_head(
     assert result.exit_code == 0, result.err
     data = json.loads(report.read_text())
     assert data["n"] == 16
+    # Detail views blend pooled features; BiMoRS reads visual tokens, so it is refused by name.
+    result = run_cli(capsys, "evaluate", small_eurosat, "--head", head, "--views", "6")
+    assert_one_line_error(result, 2, "which the bimors head does not classify from")
     assert set(data["base_to_new"]) >= {"base", "new", "harmonic_mean"}
     assert data["base_to_new"]["base_classes"] == ["annual crop land", "forest"]
     rows = list(csv.reader(confusion.open()))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from geobimors.errors import ModelError
 from geobimors.files import default_cache_dir
+from geobimors.raster.views import check_views, view_crops
 
 RANDOM_WEIGHTS = ("random", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -230,6 +231,10 @@ def dihedral_views(images: torch.Tensor, views: int) -> list[torch.Tensor]:
     return turns[:views]
 
 
+DEFAULT_VIEW_BLEND = 0.5
+"""Classification's weight of the sub-views against the full view (chosen on the val splits; docs/benchmarks.md)."""
+
+
 def check_precision(precision: str, device: torch.device) -> str:
     """Validate ``--precision`` for a device.
 
@@ -257,6 +262,8 @@ class ClipModel:
         default_chip_size: chip size (px at ``native_gsd``) the model expects, if known.
         tta: test-time augmentation: image features are the mean over this many turned and
             mirrored views of each image (:func:`dihedral_views`; 1: off). Set by :meth:`with_tta`.
+        views: detail views of raw chips in :meth:`embed_chips` (:func:`view_crops`; 1: off).
+        view_blend: the sub-views' weight against the full view in :meth:`embed_chips`.
     """
 
     def __init__(
@@ -288,6 +295,38 @@ class ClipModel:
         # Set by loaders that can name their weights cheaply: text features are then cached on disk.
         self.text_cache_key: str | None = None
         self.tta = 1
+        self.views = 1
+        self.view_blend = DEFAULT_VIEW_BLEND
+
+    def with_views(self, views: int, view_blend: float | None = None) -> ClipModel:
+        """The same model (weights not copied) whose :meth:`embed_chips` also reads each chip's sub-views.
+
+        Args:
+            views: 1, 5 or 6 (:func:`view_crops`).
+            view_blend: the sub-views' weight against the full view (default :data:`DEFAULT_VIEW_BLEND`).
+        """
+        check_views(views, view_blend)
+        blend = DEFAULT_VIEW_BLEND if view_blend is None else view_blend
+        if (views, blend) == (self.views, self.view_blend):
+            return self
+        other = copy.copy(self)
+        other.views, other.view_blend = views, blend
+        return other
+
+    @torch.no_grad()
+    def embed_chips(self, chips: np.ndarray) -> torch.Tensor:
+        """L2-normalised image features (float32) of raw (N, H, W, 3) uint8 chips.
+
+        With :attr:`views` 5 or 6, the features of the full chip blended with the mean features of
+        its quadrants (and centre crop) by :attr:`view_blend`: each sub-view reaches the model at
+        twice the detail of the full chip, which helps when chips hold more pixels than the model's
+        input (aerial photos read at 64 px).
+        """
+        full = self.encode_images(self.preprocess(chips))
+        if self.views == 1:
+            return full
+        sub = torch.stack([self.encode_images(self.preprocess(v)) for v in view_crops(chips, self.views)[1:]])
+        return F.normalize((1.0 - self.view_blend) * full + self.view_blend * sub.mean(0), dim=-1)
 
     def with_tta(self, views: int) -> ClipModel:
         """The same model (same weights, not copied) averaging image features over ``views`` turned/mirrored views.

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from geobimors.errors import InputError, check_at_least_one, warn
-from geobimors.heads.base import Head
+from geobimors.heads.base import Head, works_from_embeddings
 from geobimors.heads.checkpoint import build_head, load_head, save_head
 from geobimors.heads.probe import EmbeddingHead
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import check_tta, load_model
+from geobimors.raster.views import check_views
 from geobimors.train.data import (
     DEFAULT_MIN_PURITY,
     LabelledImages,
@@ -246,6 +247,8 @@ def evaluate_data(
     precision: str = "fp32",
     batch_size: int = 64,
     tta: int = 1,
+    views: int = 1,
+    view_blend: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate a head (or zero-shot CLIP) on an ImageFolder tree.
 
@@ -261,6 +264,9 @@ def evaluate_data(
         precision: ``fp32``, ``bf16`` or ``fp16``.
         batch_size: images per forward pass.
         tta: test-time augmentation views (1, 2, 4 or 8; :meth:`ClipModel.with_tta`).
+        views: detail views (1, 5 or 6): each image's features blended with its quadrants' (and
+            centre crop's), which reach the model at twice the detail (:meth:`ClipModel.embed_chips`).
+        view_blend: the sub-views' weight (default :data:`~geobimors.models.clip.DEFAULT_VIEW_BLEND`).
 
     Returns:
         A JSON-ready report with an ``accuracy`` field.
@@ -273,6 +279,7 @@ def evaluate_data(
     check_at_least_one(batch_size, "--batch-size")
     check_at_least_one(limit_per_class, "--limit-per-class")
     check_tta(tta)
+    check_views(views, view_blend)
     path = Path(data)
     root = path / "val" if (path / "val").is_dir() else path
     images = load_image_folder(root, limit_per_class, seed, labels_file, at_most=True)
@@ -280,8 +287,13 @@ def evaluate_data(
     if metadata:
         warn_if_tta_differs(metadata, tta)
     model_name = model or (str(metadata["clip_model"]) if metadata else "mini")
-    clip = load_model(model_name, device, precision, tta)
+    clip = load_model(model_name, device, precision, tta).with_views(views, view_blend)
     evaluated: Head = load_head(head, clip) if head is not None else ZeroShotHead(clip, images.labels)
+    if views > 1 and not works_from_embeddings(evaluated):
+        raise InputError(
+            f"--views blends pooled image features, which the {evaluated.kind} head does not classify from; "
+            "drop --views (zero-shot, coop, cocoop, probe and tip heads take it)"
+        )
     captions = caption_function(evaluated, device, precision)
     overall = evaluate(evaluated, images, batch_size, captions)
     report: dict[str, Any] = {
@@ -289,6 +301,8 @@ def evaluate_data(
         "model": model_name,
         "head": str(head) if head is not None else "zero-shot",
         "tta": tta,
+        "views": views,
+        "view_blend": clip.view_blend if views > 1 else None,
         **overall.to_dict(),
     }
     if protocol == "base-to-new":

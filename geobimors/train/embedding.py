@@ -53,7 +53,7 @@ def embed_images(clip: ClipModel, images: Images, batch_size: int = 128, progres
     try:
         for start in range(0, len(images), batch_size):
             chips = images[start : start + batch_size]
-            out.append(clip.encode_images(clip.preprocess(chips)).float())
+            out.append(clip.embed_chips(chips).float())
             progress.update(len(chips))
     finally:
         progress.close()

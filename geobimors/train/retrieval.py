@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from geobimors.errors import InputError, check_at_least_one
+from geobimors.raster.views import check_views, view_crops
 
 #: Largest caption file read (the RSICD dataset.json is about 10 MB).
 MAX_CAPTION_FILE_BYTES = 512 * 1024 * 1024
@@ -225,7 +226,6 @@ def _hit_probability(above: np.ndarray, tied_wrong: np.ndarray, tied_own: np.nda
 
 
 #: Allowed ``views`` of :func:`evaluate_retrieval`: the full image; + its four quadrants; + its centre crop.
-VIEW_COUNTS = (1, 5, 6)
 NO_CAPTIONER = "none"  # geobimors.models.captions.NO_CAPTIONER, without importing torch here
 CAPTIONER_NONE = "--caption-guidance needs captions: name a captioner (--captioner mini), not 'none'"
 
@@ -239,42 +239,11 @@ def check_retrieval_options(
         InputError: ``views`` not in :data:`VIEW_COUNTS`, a weight outside 0..1 (or NaN), a
             view blend without sub-views, or caption guidance without a captioner.
     """
-    if views not in VIEW_COUNTS:
-        raise InputError(
-            f"--views must be 1 (the full image), 5 (and its four quadrants) or 6 (and its centre crop too), "
-            f"got {views}"
-        )
-    for name, value in (("--view-blend", view_blend), ("--caption-guidance", caption_guidance)):
-        if value is not None and not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-            raise InputError(f"{name} must be a weight between 0 and 1, got {value}")
-    if view_blend is not None and views == 1:
-        raise InputError("--view-blend weighs the sub-views against the full image: pass --views 5 or 6 with it")
+    check_views(views, view_blend)
+    if caption_guidance is not None and not 0.0 <= caption_guidance <= 1.0:  # NaN fails both comparisons
+        raise InputError(f"--caption-guidance must be a weight between 0 and 1, got {caption_guidance}")
     if caption_guidance is not None and captioner == NO_CAPTIONER:
         raise InputError(CAPTIONER_NONE)
-
-
-def view_crops(chips: np.ndarray, views: int) -> list[np.ndarray]:
-    """The views of (N, H, W, 3) chips, each an (N, h, w, 3) array (MPS-CLIP's multi-perspective views).
-
-    View 0 is the full chip; views 1-4 its quadrants (top left, top right, bottom left, bottom
-    right); view 5 its centre crop of half the size. Every view is later resized to the model input,
-    so a sub-view is seen at twice the detail of the full one.
-
-    Args:
-        chips: uint8 chips of one size.
-        views: how many views (one of :data:`VIEW_COUNTS`).
-    """
-    if views not in VIEW_COUNTS:
-        raise ValueError(f"views must be one of {VIEW_COUNTS}, got {views}")
-    height, width = chips.shape[1:3]
-    h, w = height // 2, width // 2
-    out = [chips]
-    if views >= 5:
-        out += [chips[:, r : r + h, c : c + w] for r in (0, height - h) for c in (0, width - w)]
-    if views >= 6:
-        top, left = (height - h) // 2, (width - w) // 2
-        out.append(chips[:, top : top + h, left : left + w])
-    return [np.ascontiguousarray(v) for v in out]
 
 
 def encode_views(clip: Any, chips: np.ndarray, views: int = 1) -> Any:
