@@ -63,6 +63,9 @@ def test_a_folder_reads_like_the_array_it_stands_for(tmp_path: Path) -> None:
     mask = data.targets == 1
     np.testing.assert_array_equal(files[mask], eager[mask])
     assert files[[]].shape == (0, 32, 48, 3)
+    np.testing.assert_array_equal(files[..., ::-1], eager[..., ::-1])
+    np.testing.assert_array_equal(files[1:3, :2], eager[1:3, :2])
+    np.testing.assert_array_equal(files[4, :, 5], eager[4, :, 5])
     # Subsets stay unread and keep their classes; training reads them into memory.
     river = data.subset([1])
     assert isinstance(river.images, ImageFiles) and river.labels == [data.labels[1]]
@@ -126,7 +129,7 @@ def test_captioning_a_folder_refuses_a_bomb_in_one_line(
 
 def test_detail_views_blend_the_sub_views_features_with_the_full_chips(tiny_model: str) -> None:
     from geobimors.models.clip import load_model
-    from geobimors.raster.views import view_crops
+    from geobimors.models.views import view_crops
 
     plain = load_model(tiny_model, "cpu")
     chips = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from geobimors.errors import ModelError
 from geobimors.files import default_cache_dir
-from geobimors.raster.views import check_views, view_crops
+from geobimors.models.views import check_views, view_crops
 
 RANDOM_WEIGHTS = ("random", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")

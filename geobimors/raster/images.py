@@ -110,7 +110,12 @@ class ImageFiles:
             chosen = chosen.astype(np.intp)  # an empty list is float to numpy
         return [self.paths[i] for i in np.arange(len(self.paths))[chosen].tolist()]
 
-    def __getitem__(self, index: int | np.integer[Any] | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple):  # numpy-style indexing of several axes: the first one picks images
+            if not index or index[0] is Ellipsis:
+                return self[:][index]
+            picked = self[index[0]]
+            return picked[index[1:]] if isinstance(index[0], int | np.integer) else picked[(slice(None), *index[1:])]
         if isinstance(index, int | np.integer):
             return read_rgb(self.paths[int(index)], self.size)
         paths = self._selected(index)

@@ -16,7 +16,7 @@ from geobimors.heads.checkpoint import build_head, load_head, save_head
 from geobimors.heads.probe import EmbeddingHead
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import check_tta, load_model
-from geobimors.raster.views import check_views
+from geobimors.models.views import check_views
 from geobimors.train.data import (
     DEFAULT_MIN_PURITY,
     LabelledImages,

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from geobimors.errors import InputError, check_at_least_one
-from geobimors.raster.views import check_views, view_crops
+from geobimors.models.views import check_views, view_crops
 
 #: Largest caption file read (the RSICD dataset.json is about 10 MB).
 MAX_CAPTION_FILE_BYTES = 512 * 1024 * 1024
