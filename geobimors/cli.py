@@ -1518,7 +1518,7 @@ def embed_command(
         output if output is not None else Path(_default_output(scene).replace(".geobimors.gpkg", ".embeddings.parquet"))
     )
     check_store_output(out, overwrite)  # fail on the output before any slow work
-    check_at_least_one(workers, "--workers")
+    _check_workers(workers)
     settings = MapSettings(
         scene=scene,
         model=model,

@@ -240,3 +240,13 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], tiny_model: str, rgb_scen
     refused = run_cli(capsys, "map", rgb_scene, "-l", labels, *chip, "-o", tmp_path / "m.gpkg", "--embeddings", store)
     assert_one_line_error(refused, 2, "already exists")
     assert not (tmp_path / "m.gpkg").exists() and store.read_bytes() == before
+
+
+def test_embed_of_one_scene_bounds_workers_as_the_many_scene_path_does(
+    capsys: pytest.CaptureFixture[str], tiny_model: str, rgb_scene: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "s.parquet"
+    for workers, fragment in (("0", "--workers must be at least 1"), ("100000", "--workers 100000 is far more")):
+        result = run_cli(capsys, "embed", str(rgb_scene), "-m", tiny_model, "--workers", workers, "-o", str(out))
+        assert_one_line_error(result, 2, fragment)
+        assert not out.exists() and not (tmp_path / "s.parquet.partial").exists()
