@@ -122,8 +122,8 @@ chip_options = _options(
         "--gsd",
         default=None,
         help="Resample chips to this ground resolution in m/px; 'scene' keeps the scene's.  "
-        "[default: the scene's resolution moved into the range the model was trained on (mini: 0.6-30 m), "
-        "or the model's native resolution, else 'scene']",
+        "[default: the scene's resolution moved into the range the model was trained on (mini: 0.6-30 m, "
+        "read no finer than 1.2 m), or the model's native resolution, else 'scene']",
     ),
     click.option("--bands", default=None, help="1-based bands for R,G,B (e.g. 3,2,1), or one band for grey."),
     click.option(
@@ -383,6 +383,21 @@ def cli() -> None:
 @generation_options
 @click.option("--top-k", type=int, default=3, show_default=True, help="Best labels kept per chip.")
 @tta_option
+@click.option(
+    "--views",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Detail views: 5 or 6 read each chip at twice the pixels and classify its features blended with those "
+    "of its four quadrants (and centre crop), each seen at twice the detail; about 6x the work per chip. Helps "
+    "where the scene is finer than the chips (aerial photos); not with captions or a BiMoRS head.",
+)
+@click.option(
+    "--view-blend",
+    type=FINITE,
+    default=None,
+    help="With --views 5/6: the sub-views' weight B, features = (1-B) x chip + B x mean of sub-views [default: 0.5].",
+)
 @device_options
 @dask_options
 @click.option("--regions", is_flag=True, help="Also write a 'regions' layer of adjacent same-label chips merged.")
@@ -436,6 +451,8 @@ def map_command(
     num_beams: int,
     top_k: int,
     tta: int,
+    views: int,
+    view_blend: float | None,
     device: str,
     precision: str,
     scheduler: str | None,
@@ -499,7 +516,8 @@ def map_command(
     if sources is not None and (len(sources) > 1 or crs is not None or sources[0].datetime is not None):
         _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, captioner, top_k,
                     device, precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps,
-                    overwrite, restart, progress_mode, quiet, {**chip, "tta": tta})  # fmt: skip
+                    overwrite, restart, progress_mode, quiet,
+                    {**chip, "tta": tta, "views": views, "view_blend": view_blend})  # fmt: skip
         return
     scene = sources[0].path if sources is not None else scenes[0]
     out = output if output is not None else Path(_default_output(scene))
@@ -509,6 +527,8 @@ def map_command(
         from geobimors.embeddings.embed import EmbeddingsRequest
         from geobimors.embeddings.store import check_store_output
 
+        if views != 1:
+            raise InputError("--embeddings stores one view's features per chip; drop --views (or --embeddings)")
         embeddings = EmbeddingsRequest(check_store_output(embeddings_path, overwrite), embeddings_dtype)
     labels = _map_labels(labels_path, head_path)
     _check_workers(workers)
@@ -524,6 +544,8 @@ def map_command(
         precision=precision,
         head=str(head_path) if head_path is not None else None,
         tta=tta,
+        views=views,
+        view_blend=view_blend,
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -616,6 +638,8 @@ def _map_scenes(
         precision=precision,
         head=str(head_path) if head_path is not None else None,
         tta=chip["tta"],
+        views=chip["views"],
+        view_blend=chip["view_blend"],
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -1356,7 +1380,7 @@ def index_command(
 _PIXEL_OPTIONS = (
     "chip_size", "overlap", "gsd", "bands", "scale_range", "percentiles", "nodata", "min_valid", "allow_no_crs",
     "batch_size", "caption_batch_size", "scheduler", "workers", "restart", "embeddings_dtype", "asset", "fail_fast",
-    "crs", "keep_overlaps", "captions", "max_new_tokens", "num_beams", "tta",
+    "crs", "keep_overlaps", "captions", "max_new_tokens", "num_beams", "tta", "views", "view_blend",
 )  # fmt: skip
 
 

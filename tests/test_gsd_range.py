@@ -12,7 +12,7 @@ from rasterio.transform import Affine
 from geobimors.embeddings.embed import resolved_gsd
 from geobimors.errors import InputError
 from geobimors.models import mini
-from geobimors.models.bundled import declared_gsd_range, declared_native_upsampling
+from geobimors.models.bundled import declared_default_gsd_floor, declared_gsd_range, declared_native_upsampling
 from geobimors.raster.scene import open_scene
 from geobimors.run.plan import MapSettings, default_gsd, plan_reading
 
@@ -32,10 +32,22 @@ def test_mini_declares_its_trained_range() -> None:
     config = json.loads(mini.CONFIG_PATH.read_text())["geobimors"]
     assert tuple(config["gsd_range"]) == (low, high) and low <= config["native_gsd"] <= high
     assert config["native_upsampling"] == declared_native_upsampling("mini")
+    assert config["default_gsd_floor"] == declared_default_gsd_floor("mini") and low <= config["default_gsd_floor"]
 
 
 @pytest.mark.parametrize(
-    ("metres", "expected"), [(0.6, 0.6), (5.0, 5.0), (10.0, 10.0), (28.5, 10.0), (0.1, 0.6), (45.0, 30.0), (60.0, 30.0)]
+    ("metres", "expected"),
+    [
+        (0.6, 1.2),
+        (1.2, 1.2),
+        (2.0, 2.0),
+        (5.0, 5.0),
+        (10.0, 10.0),
+        (28.5, 10.0),
+        (0.1, 1.2),
+        (45.0, 30.0),
+        (60.0, 30.0),
+    ],
 )
 def test_scene_resolution_moved_into_the_range(tmp_path: Path, metres: float, expected: float) -> None:
     scene = open_scene(str(scene_at(tmp_path, metres)))
@@ -48,11 +60,16 @@ def test_very_coarse_scenes_are_upsampled_at_most_four_times(tmp_path: Path) -> 
         assert default_gsd(scene, "mini") == pytest.approx(75.0)
 
 
-def test_plan_reading_keeps_an_aerial_photo_at_its_own_resolution(tmp_path: Path) -> None:
+def test_plan_reading_reads_a_fine_aerial_photo_at_the_default_floor(tmp_path: Path) -> None:
+    """A 0.6 m photo is read at mini's 1.2 m floor: 64 px chips of 128 scene px (77 m, a UC Merced image)."""
+    assert declared_default_gsd_floor("mini") == 1.2
     path = scene_at(tmp_path, 0.6, size=256)
     scene, grid, _, _ = plan_reading(MapSettings(scene=str(path)), "mini")
+    assert (grid.chip_width, grid.out_width, grid.n_rows, grid.n_cols) == (128, 64, 2, 2)
+    assert resolved_gsd(MapSettings(scene=str(path)), scene, "mini") == pytest.approx(1.2)
+    # --gsd still reads it at its own resolution.
+    scene, grid, _, _ = plan_reading(MapSettings(scene=str(path), gsd=0.6), "mini")
     assert (grid.chip_width, grid.out_width, grid.n_rows, grid.n_cols) == (64, 64, 4, 4)
-    assert resolved_gsd(MapSettings(scene=str(path)), scene, "mini") == pytest.approx(0.6)
 
 
 def test_gsd_option_still_wins(tmp_path: Path) -> None:
@@ -74,5 +91,5 @@ def test_real_aerial_photo_is_mapped_not_refused() -> None:
     if not cogeo.is_file():
         pytest.skip("../shared/data/scenes/cogeo.tif is not available")
     scene, grid, _, _ = plan_reading(MapSettings(scene=str(cogeo)), "mini")
-    assert (grid.n_rows, grid.n_cols) == (16, 16) and grid.chip_width == 64
-    assert resolved_gsd(MapSettings(scene=str(cogeo)), scene, "mini") == pytest.approx(0.6, rel=0.01)
+    assert (grid.n_rows, grid.n_cols, grid.out_width) == (8, 8, 64) and abs(grid.chip_width - 128) <= 1  # 0.597 m
+    assert resolved_gsd(MapSettings(scene=str(cogeo)), scene, "mini") == pytest.approx(1.2, rel=0.01)

@@ -108,6 +108,13 @@ def test_train_evaluate_and_map_with_a_head(
         f"the head reads captions by {tiny_blip2}",
     )
     assert not other.exists()
+    # Detail views blend pooled features, which BiMoRS does not classify from.
+    assert_one_line_error(
+        run_cli(capsys, "map", scene, "--head", head, "--chip-size", "32", "--views", "6", "-o", other),
+        2,
+        "which the bimors head does not classify from",
+    )
+    assert not other.exists()
     same = run_cli(capsys, "map", scene, "--head", head, "--chip-size", "32", "--captions", tiny_blip2, "-o", other)
     assert same.exit_code == 0, same.err
 

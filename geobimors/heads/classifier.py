@@ -12,7 +12,7 @@ import torch
 from geobimors.heads.base import Head, works_from_embeddings
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec, load_captioner
-from geobimors.models.clip import load_model
+from geobimors.models.clip import DEFAULT_VIEW_BLEND, load_model
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 
 
@@ -33,6 +33,9 @@ class ClassifierSpec:
             image pass (the model must be the bundled one; the head must not read captions).
         tta: test-time augmentation: image features averaged over 1, 2, 4 or 8 turned and
             mirrored views of each chip (:func:`geobimors.models.clip.dihedral_views`).
+        views: detail views (1, 5 or 6; :meth:`geobimors.models.clip.ClipModel.embed_chips`): the
+            chip's features blended with its sub-views'; only for heads that classify pooled features.
+        view_blend: the sub-views' weight.
     """
 
     model: str
@@ -43,6 +46,8 @@ class ClassifierSpec:
     head: str | None = None
     captioner: CaptionerSpec | None = None
     tta: int = 1
+    views: int = 1
+    view_blend: float = DEFAULT_VIEW_BLEND
 
     @property
     def class_names(self) -> list[str]:
@@ -64,7 +69,8 @@ class Classifier:
         from geobimors.heads.zero_shot import ZeroShotHead
 
         self.spec = spec
-        self.clip = load_model(spec.model, spec.device, spec.precision, spec.tta)
+        clip = load_model(spec.model, spec.device, spec.precision, spec.tta)
+        self.clip = clip.with_views(spec.views, spec.view_blend) if spec.views > 1 else clip
         self.head: Head
         if spec.head is None:
             self.head = ZeroShotHead(self.clip, spec.labels, spec.templates)
@@ -110,8 +116,12 @@ class Classifier:
             return logits.float().softmax(dim=-1).cpu(), shared_texts
         with self._lock, torch.no_grad():
             texts = self._caption(chips, captions) if self.writes_captions else None
-            images = self.clip.preprocess(chips)
-            logits = self.head.logits(images, texts)
+            if self.clip.views > 1:  # plan_map admits detail views only for heads of pooled features
+                logits = self.head.logits_from_embeddings(
+                    self.clip.embed_chips(chips), self.head.encode_captions(texts)
+                )
+            else:
+                logits = self.head.logits(self.clip.preprocess(chips), texts)
             return logits.float().softmax(dim=-1).cpu(), texts
 
     def _shares_pass(self, captions: Sequence[str | None] | None) -> bool:

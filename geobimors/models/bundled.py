@@ -35,6 +35,9 @@ class BundledModel:
         native_upsampling: scenes coarser than ``gsd`` by up to this factor are still resampled
             to ``gsd`` (the model was trained on chips blurred that much: mini's 10 m chips imaged
             at 10-30 m), coarser ones go to the nearest resolution in ``gsd_range``.
+        default_gsd_floor: the finest resolution ``map`` and ``embed`` pick without ``--gsd``
+            (``None``: the finest of ``gsd_range``). The range's edge is what the strongest crops of
+            training reached; chips there see less ground than the model mostly learnt from.
     """
 
     name: str
@@ -44,6 +47,7 @@ class BundledModel:
     description: str
     gsd_range: tuple[float, float] | None = None
     native_upsampling: float = 1.0
+    default_gsd_floor: float | None = None
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -58,6 +62,9 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         ),
         gsd_range=(0.6, 30.0),
         native_upsampling=3.0,
+        # 64 px at 1.2 m is a whole UC Merced image (77 m); at 0.6 m a quarter of one. Chosen on a val
+        # mosaic of UC Merced images among 0.6, 0.9 and 1.2 m (docs/benchmarks.md, bench_map_views.py).
+        default_gsd_floor=1.2,
     ),
 }
 
@@ -91,6 +98,11 @@ def declared_geometry(name: str) -> tuple[int, float]:
 def declared_gsd_range(name: str) -> tuple[float, float] | None:
     """(finest, coarsest) ground resolution in m/px a bundled model was trained on, if it declares one."""
     return _get(name).gsd_range
+
+
+def declared_default_gsd_floor(name: str) -> float | None:
+    """The finest resolution (m/px) a bundled model's scenes are read at by default, if it declares one."""
+    return _get(name).default_gsd_floor
 
 
 def declared_native_upsampling(name: str) -> float:

@@ -16,7 +16,8 @@ from geobimors.errors import InputError, check_at_least_one, warn
 from geobimors.heads.classifier import ClassifierSpec
 from geobimors.labels import Label
 from geobimors.models.captions import CaptionerSpec
-from geobimors.models.clip import check_tta, resolve_model_name
+from geobimors.models.clip import DEFAULT_VIEW_BLEND, check_tta, resolve_model_name
+from geobimors.models.views import check_views
 from geobimors.raster.grid import Chip, ChipGrid, GridSpec, build_grid, metres_per_unit
 from geobimors.raster.identity import scene_identity
 from geobimors.raster.read import ReadSpec
@@ -92,6 +93,10 @@ class MapSettings:
             head (``None``: only a head that reads captions makes them).
         tta: test-time augmentation: classify the mean image features of 1 (off), 2, 4 or 8
             turned and mirrored views of each chip (``--tta``; N views cost N image passes).
+        views: detail views (``--views``): 1 (off); 5 or 6 read each chip at twice the pixels and
+            classify its features blended with its quadrants' (and centre crop's), each seen at
+            twice the detail (:meth:`geobimors.models.clip.ClipModel.embed_chips`).
+        view_blend: the sub-views' weight (``--view-blend``; ``None``: the default, 0.5).
     """
 
     scene: str
@@ -118,6 +123,8 @@ class MapSettings:
     max_chips: int = DEFAULT_MAX_CHIPS
     captioner: CaptionerSpec | None = None
     tta: int = 1
+    views: int = 1
+    view_blend: float | None = None
 
 
 @dataclass
@@ -217,6 +224,8 @@ class ScenePlan:
             payload["captioner"] = asdict(self.captioner)
         if self.classifier.tta != 1:  # likewise
             payload["tta"] = self.classifier.tta
+        if self.classifier.views != 1:  # likewise
+            payload["views"] = [self.classifier.views, self.classifier.view_blend]
         identity = scene_identity(self.scene.path)
         if identity is not None:  # a rewritten local scene file is another run; URLs have none (fingerprint as before)
             payload["scene_file"] = identity
@@ -234,6 +243,12 @@ class ScenePlan:
             "bands": self.band_description,
             "scaling": self.read.scale.describe() if self.read.scale else "8-bit, unchanged",
             **({"captioner": self.captioner.name} if self.captioner is not None else {}),
+            **({"tta": f"{self.classifier.tta} turned/mirrored views"} if self.classifier.tta > 1 else {}),
+            **(
+                {"views": f"chip + {self.classifier.views - 1} detail views, blend {self.classifier.view_blend:g}"}
+                if self.classifier.views > 1
+                else {}
+            ),
         }
 
 
@@ -251,13 +266,15 @@ def default_gsd(scene: SceneInfo, model: str, quiet: bool = False) -> float | No
     """The chip resolution (m/px) used when ``--gsd`` is not given; ``None``: the scene's own.
 
     A model that declares the range of ground resolutions it was trained on gets the scene's
-    resolution moved into that range: a 0.6 m aerial photo stays at 0.6 m, a 0.1 m drone image
-    goes to the finest trained resolution; a scene a little coarser than the native resolution
-    (up to the model's ``native_upsampling``: a 28.5 m Landsat scene for mini's 10 m) goes to the
-    native one, as the model was trained on such blurred chips; a coarser one to the nearest
-    trained resolution, but never upsampled more than ``MAX_DEFAULT_UPSAMPLING`` times (with a
-    warning unless ``quiet``). A model that declares only a native resolution gets that; other
-    models and scenes without a CRS keep the scene's resolution.
+    resolution moved into that range, and no finer than its ``default_gsd_floor`` if it declares
+    one. For mini: a 5 m satellite image stays at 5 m; a 0.3 m aerial photo or a 0.1 m drone
+    image goes to 1.2 m, where a 64 px chip covers what a UC Merced image does; a scene a little
+    coarser than the native resolution (up to ``native_upsampling``: a 28.5 m Landsat scene for
+    mini's 10 m) goes to the native one, as the model was trained on such blurred chips; a
+    coarser one to the nearest trained resolution, but never upsampled more than
+    ``MAX_DEFAULT_UPSAMPLING`` times (with a warning unless ``quiet``). A model that declares only
+    a native resolution gets that; other models and scenes without a CRS keep the scene's
+    resolution.
     """
     from geobimors.models import bundled
 
@@ -273,7 +290,8 @@ def default_gsd(scene: SceneInfo, model: str, quiet: bool = False) -> float | No
     finest, coarsest = gsd_range
     if native_gsd < scene_gsd <= native_gsd * bundled.declared_native_upsampling(source.arch):
         return native_gsd
-    gsd = min(max(scene_gsd, finest), coarsest)
+    floor = bundled.declared_default_gsd_floor(source.arch) or finest
+    gsd = min(max(scene_gsd, floor), coarsest)
     if scene_gsd / gsd > MAX_DEFAULT_UPSAMPLING:
         gsd = scene_gsd / MAX_DEFAULT_UPSAMPLING
         if not quiet:
@@ -313,8 +331,10 @@ def plan_reading(settings: MapSettings, model: str) -> tuple[SceneInfo, ChipGrid
     if gsd is None and not settings.keep_scene_gsd:
         gsd = default_gsd(scene, model)
     grid = build_grid(scene, GridSpec.parse(chip_size, settings.overlap, gsd))
-    _check_chip_edge(scene, grid)
     _check_upsampling(scene, grid, model, chosen_by_user=settings.gsd is not None)
+    if settings.views > 1:  # the same footprints at twice the pixels: the sub-views' detail
+        grid = replace(grid, out_width=2 * grid.out_width, out_height=2 * grid.out_height)
+    _check_chip_edge(scene, grid)
     _check_chip_count(scene, grid, settings.max_chips)
     with network_guard(network_ok):
         scale = scene_scale_range(
@@ -368,12 +388,13 @@ def work_estimate(plan: ScenePlan) -> str:
     """One line on the work a plan implies, printed before a run starts."""
     grid = plan.grid
     read_pixels = len(grid) * grid.chip_width * grid.chip_height
-    views = plan.classifier.tta
-    model_pixels = len(grid) * grid.out_width * grid.out_height * views
+    tta, views = plan.classifier.tta, plan.classifier.views
+    model_pixels = len(grid) * grid.out_width * grid.out_height * tta * views // (4 if views > 1 else 1)
     return (
         f"{len(grid):,} chips ({grid.n_rows:,} x {grid.n_cols:,}) in {plan.n_batches:,} batches: "
         f"{read_pixels / 1e6:,.1f} Mpx read, {model_pixels / 1e6:,.1f} Mpx to the model"
-        + (f" ({views} turned/mirrored views per chip, --tta)" if views > 1 else "")
+        + (f" ({tta} turned/mirrored views per chip, --tta)" if tta > 1 else "")
+        + (f" (the chip and {views - 1} detail views of it, --views)" if views > 1 else "")
     )
 
 
@@ -393,6 +414,7 @@ def plan_map(settings: MapSettings) -> ScenePlan:
             "gigabytes; use --batch-size 32 to 512"
         )
     check_at_least_one(settings.top_k, "--top-k")
+    check_views(settings.views, settings.view_blend)
     metadata = read_metadata(settings.head) if settings.head else None
     model = settings.model or (str(metadata["clip_model"]) if metadata else DEFAULT_MODEL)
     labels = settings.labels or (tuple(checkpoint_labels(metadata)) if metadata else ())
@@ -401,7 +423,14 @@ def plan_map(settings: MapSettings) -> ScenePlan:
     scene, grid, read, bands = plan_reading(settings, model)
     head = str(Path(settings.head).absolute()) if settings.head else None
     classifier = ClassifierSpec(
-        model, tuple(labels), settings.device, settings.precision, head=head, tta=check_tta(settings.tta)
+        model,
+        tuple(labels),
+        settings.device,
+        settings.precision,
+        head=head,
+        tta=check_tta(settings.tta),
+        views=settings.views,
+        view_blend=DEFAULT_VIEW_BLEND if settings.view_blend is None else settings.view_blend,
     )
     plan = ScenePlan(settings, scene, grid, read, classifier, bands)
     check_at_least_one(settings.caption_batch_size, "--caption-batch-size")
@@ -411,6 +440,17 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         captioner = metadata["config"].get("captioner")
         if metadata["head"] == "bimors" and captioner and captioner.get("name", "none") != "none":
             plan.captioner = CaptionerSpec(**captioner)
+    if settings.views > 1 and metadata and metadata["head"] == "bimors":
+        raise InputError(
+            "--views blends pooled image features, which the bimors head does not classify from (it reads visual "
+            "tokens); drop --views (zero-shot, coop, cocoop, probe and tip heads take it)"
+        )
+    if settings.views > 1 and (plan.captioner is not None or settings.captioner is not None):
+        what = "the BiMoRS head reads" if plan.captioner is not None else "--captions writes"
+        raise InputError(
+            f"--views blends pooled image features, and {what} captions from one view of each chip; "
+            "drop --views (or map captions in another run)"
+        )
     if settings.captioner is not None:
         if plan.captioner is not None and plan.captioner.name != settings.captioner.name:
             raise InputError(
