@@ -39,6 +39,8 @@ from .settings import configured_prefix
 DEVICES = ["auto", "cpu", "cuda"]
 TTA_CHOICES = ["off", "2 views (+ mirror image)", "4 views (90-degree turns)", "8 views (turns and mirror)"]
 TTA_VIEWS = [1, 2, 4, 8]
+DETAIL_CHOICES = ["off", "on: each chip at twice the pixels, blended with its quadrants and centre (~6x the work)"]
+DETAIL_VIEWS = [1, 6]
 
 
 class MapSceneAlgorithm(GeobimorsAlgorithm):
@@ -63,6 +65,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
     ALLOW_NETWORK = "ALLOW_NETWORK"
     CAPTIONER = "CAPTIONER"
     TTA = "TTA"
+    DETAIL_VIEWS = "DETAIL_VIEWS"
     OUTPUT = "OUTPUT"
 
     def shortHelpString(self):
@@ -126,6 +129,9 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             QgsProcessingParameterEnum(self.TTA, "Test-time augmentation", options=TTA_CHOICES, defaultValue=0)
         )
         self.addParameter(
+            QgsProcessingParameterEnum(self.DETAIL_VIEWS, "Detail views", options=DETAIL_CHOICES, defaultValue=0)
+        )
+        self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
         )
 
@@ -171,6 +177,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             allow_network=self.parameterAsBool(parameters, self.ALLOW_NETWORK, context),
             captioner=self.parameterAsString(parameters, self.CAPTIONER, context) or None,
             tta=TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)],
+            views=DETAIL_VIEWS[self.parameterAsEnum(parameters, self.DETAIL_VIEWS, context)],
         )
         try:
             prefix = configured_prefix()

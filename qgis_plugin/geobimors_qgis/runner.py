@@ -84,6 +84,7 @@ class MapRequest:
     allow_network: bool = False  # let a local file (a VRT, ...) read network sources
     captioner: Optional[str] = None  # a 'caption' attribute per chip by this captioner (mini: bundled)
     tta: int = 1  # classify the mean of 2, 4 or 8 turned/mirrored views of each chip (N times the work)
+    views: int = 1  # 6: each chip read at twice the pixels, blended with its quadrants and centre (~6x the work)
     extra: List[str] = field(default_factory=list)
 
 
@@ -141,6 +142,8 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
             args += [option, str(value)]
     if request.tta != 1:
         args += ["--tta", str(request.tta)]
+    if request.views != 1:
+        args += ["--views", str(request.views)]
     if request.overwrite:
         args.append("--overwrite")
     if request.regions:

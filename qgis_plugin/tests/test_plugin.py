@@ -29,6 +29,7 @@ def test_plugin_loads_and_registers_the_algorithm(iface) -> None:
     assert registry.providerById("geobimors") is not None
     algorithm = registry.algorithmById("geobimors:mapscene")
     assert algorithm is not None and algorithm.displayName() == "Map scene (geobimors)"
+    assert algorithm.parameterDefinition("DETAIL_VIEWS").defaultValue() == 0  # detail views: opt-in
     assert len(iface.toolbar) == 1 and len(iface.menu) == 2
     panel = plugin.toggle_panel()
     assert panel in iface.docks
@@ -171,6 +172,9 @@ def test_test_time_augmentation_is_opt_in() -> None:
     assert "--tta" not in build_args(MapRequest(scene="a.tif", output="o.gpkg"), None)
     args = build_args(MapRequest(scene="a.tif", output="o.gpkg", tta=8), None)
     assert args[args.index("--tta") + 1] == "8"
+    assert "--views" not in build_args(MapRequest(scene="a.tif", output="o.gpkg"), None)
+    args = build_args(MapRequest(scene="a.tif", output="o.gpkg", views=6), None)
+    assert args[args.index("--views") + 1] == "6"
 
 
 def test_network_reach_is_opt_in() -> None:
