@@ -45,21 +45,25 @@ def machine() -> dict[str, object]:
 
 @contextlib.contextmanager
 def recorded_reads() -> Iterator[set[Path]]:
-    """Record every image file that :mod:`geobimors.train.data` reads inside the block (for :func:`pack_data`)."""
-    import geobimors.train.data as data
+    """Record every image file that :mod:`geobimors.train.data` loads inside the block (for :func:`pack_data`).
+
+    Image folders are read on demand (:class:`geobimors.raster.images.ImageFiles`), but every file a data
+    set holds has its header checked when it is loaded: that check is what is recorded.
+    """
+    import geobimors.raster.images as images
 
     seen: set[Path] = set()
-    original = data.read_rgb
+    original = images.image_size
 
-    def read(path: Any, *args: Any, **kwargs: Any) -> Any:
+    def header(path: Any) -> tuple[int, int]:
         seen.add(Path(path))
-        return original(path, *args, **kwargs)
+        return original(path)
 
-    data.read_rgb = read
+    images.image_size = header
     try:
         yield seen
     finally:
-        data.read_rgb = original
+        images.image_size = original
 
 
 def pack_data(shared: Path, needed: set[Path], out: Path) -> None:

@@ -166,3 +166,14 @@ def test_evaluate_with_detail_views_scores_the_blended_features(
     assert got["accuracy"] == pytest.approx(float((predicted.argmax(1).numpy() == data.targets).mean()))
     result = run_cli(capsys, "evaluate", root, "-m", tiny_model, "--view-blend", "0.3")
     assert_one_line_error(result, 2, "pass --views 5 or 6 with it")
+
+
+def test_benchmark_packing_records_the_files_a_data_set_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/common.recorded_reads sees every sampled file, though folders are now read on demand."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from common import recorded_reads
+
+    root = _folder(tmp_path / "f")
+    with recorded_reads() as seen:
+        data = load_image_folder(root, shots=2, seed=0)
+    assert seen == {Path(p) for p in data.sources} and len(seen) == 4
