@@ -222,6 +222,9 @@ def fit_embedding_head(
         ``history``: the candidates tried with their held-out accuracy), and what
         was chosen how (selection method, choice, embedding and fit seconds).
     """
+    # Image files are read here, before the clock starts, as they were when folders loaded eagerly.
+    train = train.in_memory() if isinstance(train, LabelledImages) else train
+    val = val.in_memory() if isinstance(val, LabelledImages) else val
     start = time.monotonic()
     torch.manual_seed(seed)
     head.eval()
