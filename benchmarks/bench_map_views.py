@@ -1,17 +1,19 @@
-"""Detail views on ``geobimors map`` of an aerial scene with a reference map: a UC Merced test-split mosaic.
+"""Aerial scenes on ``geobimors map``: the chip footprint and detail views, scored against a reference map.
 
     .venv/bin/python benchmarks/bench_map_views.py      # -> docs/benchmarks/map-views.json
 
-1. Builds ``benchmarks/data/reference-ucm/``: 400 of the 420 UC Merced **test** images (benchmarks/splits/
-   ucmerced.json, seed 0), each 256 px at 0.3 m, shuffled (seed 0) into a 20 x 20 mosaic GeoTIFF (EPSG:32632)
-   with a label raster of the same grid (class codes 1..21), a mapping file and a labels file of the readable
-   class names.
-2. ``geobimors map`` of the mosaic with the bundled model, zero-shot, default plan (0.6 m chips of 64 px: four
-   chips per test image), with ``--views 1`` and ``--views 6`` (the setting chosen on the val splits by
-   ``bench_views.py``; nothing is chosen here), each scored by ``geobimors assess`` against the label raster.
-   The time of each map run is the wall time of the command (model loading included).
+1. Builds ``benchmarks/data/reference-ucm/val`` and ``.../test`` (if missing): 400 UC Merced images of the
+   **val** (layout seed 1) or **test** (seed 0) split of benchmarks/splits/ucmerced.json, each 256 px at 0.3 m,
+   laid out 20 x 20 in 60 Voronoi regions of one class each (a region takes a class with images enough left),
+   as a GeoTIFF (EPSG:32632) with a label raster of the same grid (class codes 1..21), a mapping file and a
+   labels file of the readable class names.
+2. ``geobimors map`` of the val mosaic with the bundled model, zero-shot, 64 px chips at ``--gsd`` 0.6, 0.9 and
+   1.2 m, each with ``--views 1`` and ``--views 6``, scored by ``geobimors assess`` against the label raster;
+   the setting with the best overall accuracy on val is the choice.
+3. The test mosaic is mapped and scored for the old default (0.6 m), the new one (1.2 m, mini's
+   ``default_gsd_floor``) and the choice only: it is read to report, never to choose.
 
-The test images are read only to report: no setting is chosen on this scene.
+The time of each map run is the wall time of the command (model loading included).
 """
 
 from __future__ import annotations
