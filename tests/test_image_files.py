@@ -1,4 +1,4 @@
-"""Image folders are read on demand, one batch at a time, and hostile image files are refused in one line."""
+"""Image folders read on demand, hostile image files refused in one line, and detail views of images (`--views`)."""
 
 from __future__ import annotations
 
