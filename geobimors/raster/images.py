@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,33 +34,35 @@ def _refuse_bomb(path: str | os.PathLike[str], exc: Image.DecompressionBombError
     )
 
 
+@contextlib.contextmanager
+def _opened(path: str | os.PathLike[str]) -> Iterator[Image.Image]:
+    """``Image.open``, with what can go wrong while opening or decoding turned into one-line errors."""
+    try:
+        with Image.open(path) as im:
+            yield im
+    except Image.DecompressionBombError as exc:
+        raise _refuse_bomb(path, exc) from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) of an image file, from its header (no pixels are decoded).
 
     Raises:
         InputError: (one line) if the file is not an image or declares a decompression bomb.
     """
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except Image.DecompressionBombError as exc:
-        raise _refuse_bomb(path, exc) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+    with _opened(path) as im:
+        return im.size
 
 
 def read_rgb(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB, resized to ``size`` (width, height) when given."""
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            if size is not None and rgb.size != size:
-                rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(rgb)
-    except Image.DecompressionBombError as exc:
-        raise _refuse_bomb(path, exc) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+    with _opened(path) as im:
+        rgb = im.convert("RGB")
+        if size is not None and rgb.size != size:
+            rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(rgb)
 
 
 class ImageFiles:
