@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +28,7 @@ from geobimors.raster.images import read_rgb
 from geobimors.train.data import LabelledImages, load_image_folder, load_image_list
 from geobimors.train.retrieval import load_caption_set, retrieval_recalls
 
-from common import ROOT, machine
+from common import ROOT, run_record
 
 SHARED = ROOT.parent / "shared" / "data"
 SPLITS = ROOT / "benchmarks" / "splits"
@@ -85,9 +82,7 @@ def main() -> None:
     clip = load_clip(args.weights)
     started = time.monotonic()
     report: dict[str, Any] = {
-        "command": "python benchmarks/bench_mini_zero_shot.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": {**machine(), "load_average": os.getloadavg()},
+        **run_record("bench_mini_zero_shot.py"),
         "weights": str(args.weights or "bundled geobimors/models/mini/mini.safetensors"),
         "fingerprint": clip.fingerprint,
         "prompts": "readable class names (geobimors.class_names) x geobimors' 10 remote-sensing templates",

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from geobimors.train.data import LabelledImages, load_image_folder, load_image_l
 from geobimors.train.retrieval import load_caption_set, retrieval_recalls
 
 from bench_mini_zero_shot import SHARED, SPLITS, top1
-from common import ROOT, machine, write_report
+from common import ROOT, run_record, write_report
 
 OUT = ROOT / "docs" / "benchmarks" / "tta.json"
 SCENES = (("cogeo.tif", "1,2,3"), ("L7_ETMs.tif", "3,2,1"), ("RGB.byte.tif", "1,2,3"))
@@ -99,9 +97,7 @@ def main() -> None:
             throughput[scene] = {str(views): map_chips_per_second(scene, bands, views) for views in (1, 2, 4, 8)}
             print(scene, throughput[scene], flush=True)
     report: dict[str, Any] = {
-        "command": "python benchmarks/bench_tta.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": {**machine(), "load_average": os.getloadavg()},
+        **run_record("bench_tta.py"),
         "model": "mini (bundled)",
         "fingerprint": load_model("mini", "cpu").fingerprint,
         "splits": "benchmarks/splits/*.json (seed 0); EuroSAT val as shipped; UCM-Captions' own val/test",

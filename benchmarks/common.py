@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,15 @@ SAMPLES = [
     (ROOT / "sample_data" / "L7_ETMs.tif", (3, 2, 1)),
     (ROOT / "sample_data" / "RGB.byte.tif", (1, 2, 3)),
 ]
+
+
+def run_record(script: str) -> dict[str, object]:
+    """The command (with this run's arguments), UTC date and machine (with its load) that a report starts with."""
+    return {
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+        "machine": {**machine(), "load_average": os.getloadavg()},
+    }
 
 
 def machine() -> dict[str, object]:
