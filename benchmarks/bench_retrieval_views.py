@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from geobimors.models.clip import load_model
+from geobimors.models.views import encode_views
 from geobimors.raster.images import read_rgb
 from geobimors.train.retrieval import (
     aggregate_views,
-    encode_views,
     guided_similarity,
     load_caption_set,
     load_retrieval_captioner,
@@ -74,7 +74,7 @@ def split_features(clip: Any, split: str, captioner: str, batch: int) -> dict[st
     start = time.perf_counter()
     for i in range(0, len(data.images), batch):
         chips = np.stack([read_rgb(p, size) for p in data.images[i : i + batch]])
-        features.append(encode_views(clip, chips, 6))
+        features.append(encode_views(clip, chips, 6).cpu())
         generated += guide.caption(chips)
     with torch.no_grad():
         texts = clip.encode_texts(data.texts).cpu()

@@ -19,10 +19,7 @@ features are computed once per ``--tta`` and blended afterwards, exactly as ``em
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +30,10 @@ from bench_tta import classification_sets
 
 from geobimors.heads.zero_shot import ZeroShotHead
 from geobimors.models.clip import load_model
+from geobimors.models.views import encode_views
 from geobimors.train.data import LabelledImages
-from geobimors.train.retrieval import encode_views
 
-from common import ROOT, machine, write_report
+from common import ROOT, run_record, write_report
 
 OUT = ROOT / "docs" / "benchmarks" / "views.json"
 BLENDS = (0.25, 0.5, 0.75)
@@ -81,9 +78,7 @@ def main() -> None:
             print(tta, key, {k: round(v, 4) for k, v in row.items() if k in VAL_SETS or k == "mean of val"}, flush=True)
     chosen = max((k for k in grid["1"] if k != "plain"), key=lambda k: grid["1"][k]["mean of val"])
     report: dict[str, Any] = {
-        "command": "python benchmarks/bench_views.py " + " ".join(sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="minutes"),
-        "machine": {**machine(), "load_average": os.getloadavg()},
+        **run_record("bench_views.py"),
         "model": "mini (bundled)",
         "fingerprint": load_model("mini", "cpu").fingerprint,
         "splits": "benchmarks/splits/*.json (seed 0); EuroSAT val as shipped",

@@ -9,13 +9,8 @@ import torch
 from PIL import Image
 
 from geobimors.errors import InputError
-from geobimors.train.retrieval import (
-    aggregate_views,
-    evaluate_retrieval,
-    load_caption_set,
-    retrieval_recalls,
-    view_crops,
-)
+from geobimors.models.views import view_crops
+from geobimors.train.retrieval import aggregate_views, evaluate_retrieval, load_caption_set, retrieval_recalls
 
 from cli_helpers import assert_one_line_error, run_cli
 from tiny_captioners import BrightnessCaptioner

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from geobimors.labels import Label
@@ -54,6 +55,17 @@ class Head(torch.nn.Module):
         """Class logits (N, C) for preprocessed images and (if used) their captions."""
         with torch.no_grad():
             return self(images, self.encode_captions(captions))
+
+    def chip_logits(self, chips: np.ndarray, captions: Sequence[str] | None = None) -> torch.Tensor:
+        """Class logits (N, C) for raw (N, H, W, 3) uint8 chips and (if used) their captions.
+
+        With the model's detail views (:meth:`ClipModel.embed_chips`), from the blended pooled
+        features, so only for heads that classify those (:func:`works_from_embeddings`).
+        """
+        if self.clip.views > 1:
+            with torch.no_grad():
+                return self.logits_from_embeddings(self.clip.embed_chips(chips), self.encode_captions(captions))
+        return self.logits(self.clip.preprocess(chips), captions)
 
     def logits_from_embeddings(
         self, image_features: torch.Tensor, caption_features: torch.Tensor | None = None

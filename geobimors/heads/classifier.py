@@ -116,12 +116,7 @@ class Classifier:
             return logits.float().softmax(dim=-1).cpu(), shared_texts
         with self._lock, torch.no_grad():
             texts = self._caption(chips, captions) if self.writes_captions else None
-            if self.clip.views > 1:  # plan_map admits detail views only for heads of pooled features
-                logits = self.head.logits_from_embeddings(
-                    self.clip.embed_chips(chips), self.head.encode_captions(texts)
-                )
-            else:
-                logits = self.head.logits(self.clip.preprocess(chips), texts)
+            logits = self.head.chip_logits(chips, texts)  # plan_map admits detail views only where they apply
             return logits.float().softmax(dim=-1).cpu(), texts
 
     def _shares_pass(self, captions: Sequence[str | None] | None) -> bool:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from geobimors.errors import ModelError
 from geobimors.files import default_cache_dir
-from geobimors.models.views import check_views, view_crops
+from geobimors.models.views import check_views, encode_views
 
 RANDOM_WEIGHTS = ("random", "none")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -262,7 +262,7 @@ class ClipModel:
         default_chip_size: chip size (px at ``native_gsd``) the model expects, if known.
         tta: test-time augmentation: image features are the mean over this many turned and
             mirrored views of each image (:func:`dihedral_views`; 1: off). Set by :meth:`with_tta`.
-        views: detail views of raw chips in :meth:`embed_chips` (:func:`view_crops`; 1: off).
+        views: detail views of raw chips in :meth:`embed_chips` (:func:`~geobimors.models.views.view_crops`; 1: off).
         view_blend: the sub-views' weight against the full view in :meth:`embed_chips`.
     """
 
@@ -302,7 +302,7 @@ class ClipModel:
         """The same model (weights not copied) whose :meth:`embed_chips` also reads each chip's sub-views.
 
         Args:
-            views: 1, 5 or 6 (:func:`view_crops`).
+            views: 1, 5 or 6 (:func:`~geobimors.models.views.view_crops`).
             view_blend: the sub-views' weight against the full view (default :data:`DEFAULT_VIEW_BLEND`).
         """
         check_views(views, view_blend)
@@ -322,11 +322,11 @@ class ClipModel:
         twice the detail of the full chip, which helps when chips hold more pixels than the model's
         input (aerial photos read at 64 px).
         """
-        full = self.encode_images(self.preprocess(chips))
+        features = encode_views(self, chips, self.views)
         if self.views == 1:
-            return full
-        sub = torch.stack([self.encode_images(self.preprocess(v)) for v in view_crops(chips, self.views)[1:]])
-        return F.normalize((1.0 - self.view_blend) * full + self.view_blend * sub.mean(0), dim=-1)
+            return features[:, 0]
+        blended = (1.0 - self.view_blend) * features[:, 0] + self.view_blend * features[:, 1:].mean(1)
+        return F.normalize(blended, dim=-1)
 
     def with_tta(self, views: int) -> ClipModel:
         """The same model (same weights, not copied) averaging image features over ``views`` turned/mirrored views.

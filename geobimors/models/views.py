@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from geobimors.errors import InputError
@@ -32,6 +34,20 @@ def view_crops(chips: np.ndarray, views: int) -> list[np.ndarray]:
         top, left = (height - h) // 2, (width - w) // 2
         out.append(chips[:, top : top + h, left : left + w])
     return [np.ascontiguousarray(v) for v in out]
+
+
+def encode_views(clip: Any, chips: np.ndarray, views: int) -> Any:
+    """L2-normalised features of every view of raw (N, H, W, 3) uint8 chips, (N, V, D) on the model's device.
+
+    Args:
+        clip: a :class:`geobimors.models.clip.ClipModel` (anything with ``preprocess`` and ``encode_images``).
+        chips: uint8 chips of one size.
+        views: how many views (:func:`view_crops`); view 0 is the chip itself.
+    """
+    import torch  # here, so that checking options (check_views) does not import torch
+
+    with torch.no_grad():
+        return torch.stack([clip.encode_images(clip.preprocess(v)) for v in view_crops(chips, views)], dim=1)
 
 
 def check_views(views: int, view_blend: float | None = None) -> None:

@@ -64,12 +64,7 @@ def predict(head: Head, data: LabelledImages, batch_size: int = 64, captions: Ca
     for start in range(0, len(data), batch_size):
         chips = data.images[start : start + batch_size]
         texts = captions(chips) if captions is not None and head.uses_captions else None
-        if head.clip.views > 1:  # detail views blend pooled features, so only heads that read those
-            features = head.clip.embed_chips(chips)
-            logits = head.logits_from_embeddings(features, head.encode_captions(texts))
-        else:
-            logits = head.logits(head.clip.preprocess(chips), texts)
-        out.append(logits.argmax(dim=1).cpu().numpy())
+        out.append(head.chip_logits(chips, texts).argmax(dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 

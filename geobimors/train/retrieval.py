@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from geobimors.errors import InputError, check_at_least_one
-from geobimors.models.views import check_views, view_crops
+from geobimors.models.views import check_views, encode_views
 
 #: Largest caption file read (the RSICD dataset.json is about 10 MB).
 MAX_CAPTION_FILE_BYTES = 512 * 1024 * 1024
@@ -246,21 +246,6 @@ def check_retrieval_options(
         raise InputError(CAPTIONER_NONE)
 
 
-def encode_views(clip: Any, chips: np.ndarray, views: int = 1) -> Any:
-    """L2-normalised image features of every view of every chip, (N, V, D) float32 on CPU.
-
-    Args:
-        clip: a loaded :class:`geobimors.models.clip.ClipModel`.
-        chips: (N, H, W, 3) uint8 chips of one size.
-        views: how many views (see :func:`view_crops`).
-    """
-    import torch
-
-    with torch.no_grad():
-        features = [clip.encode_images(clip.preprocess(v)).cpu() for v in view_crops(chips, views)]
-    return torch.stack(features, dim=1)
-
-
 def aggregate_views(similarity: np.ndarray, view_blend: float | None = None) -> np.ndarray:
     """One image-text similarity from the similarities of every view.
 
@@ -371,7 +356,7 @@ def evaluate_retrieval(
     image_features, generated = [], []
     for start in range(0, len(data.images), batch_size):
         chips = np.stack([read_rgb(p, size) for p in data.images[start : start + batch_size]])
-        image_features.append(encode_views(clip, chips, views))
+        image_features.append(encode_views(clip, chips, views).cpu())
         if guide is not None:
             generated += guide.caption(chips)
     with torch.no_grad():
