@@ -188,9 +188,9 @@ def test_a_larger_input_teacher_sees_the_students_crops_undegraded() -> None:
     from geobimors.models.mini import build_mini
 
     images = torch.randint(0, 256, (12, 16, 16, 3), dtype=torch.uint8)
-    plain = train_mini_joint.augment(images, torch.Generator().manual_seed(3), 1.0, 3.0, 8)
+    plain, none = train_mini_joint.augment_views(images, torch.Generator().manual_seed(3), 1.0, 3.0, 8)
     student_view, clean = train_mini_joint.augment_views(images, torch.Generator().manual_seed(3), 1.0, 3.0, 8, 1.0, 16)
-    assert torch.equal(plain, student_view) and clean is not None and clean.shape == (12, 3, 16, 16)
+    assert none is None and torch.equal(plain, student_view) and clean is not None and clean.shape == (12, 3, 16, 16)
     # Whole-image crops (area 1): each clean view is exactly a turn or mirror image of its input.
     source = images.permute(0, 3, 1, 2).float() / 255.0
     for i in range(12):

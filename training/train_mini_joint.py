@@ -146,18 +146,6 @@ def model_input(clip: ClipModel, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([clip.preprocess(images[s : s + 256]) for s in range(0, len(images), 256)])
 
 
-def augment(
-    images: torch.Tensor,
-    generator: torch.Generator,
-    min_area: float,
-    max_blur: float,
-    out_size: int,
-    colour_strength: float = 1.0,
-) -> torch.Tensor:
-    """Crop/rotate/flip, sensor blur, colour jitter, haze and JPEG; returns (N, 3, out, out) floats in 0..1."""
-    return augment_views(images, generator, min_area, max_blur, out_size, colour_strength)[0]
-
-
 def augment_views(
     images: torch.Tensor,
     generator: torch.Generator,
@@ -167,7 +155,9 @@ def augment_views(
     colour_strength: float = 1.0,
     clean_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`augment`, and with ``clean_size`` the same crops before any degradation at that size.
+    """Crop/rotate/flip, sensor blur, colour jitter, haze and JPEG: (N, 3, out, out) floats in 0..1.
+
+    With ``clean_size``, also the same crops before any degradation at that size (else ``None``).
 
     The clean view is what a teacher sees (:func:`step_loss`): the student's crop, turned and mirrored
     alike, without blur, colour jitter, haze or JPEG, at the teacher's input size. It draws no random

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from train_mini_joint import augment, read_square
+from train_mini_joint import augment_views, read_square
 
 from geobimors.models.clip import dihedral_views
 from geobimors.models.mini import CONFIG_PATH
@@ -156,7 +156,7 @@ def train(args: argparse.Namespace) -> None:
         picks, crops = {}, []
         for name in AERIAL:  # each set's picks, then its augmentation: the order of the published run's draws
             picks[name] = torch.randint(0, len(sets[name]["images"]), (half,), generator=generator).to(device)
-            crops.append(augment(sets[name]["images"][picks[name]], generator, 0.3, 4.0, args.size))
+            crops.append(augment_views(sets[name]["images"][picks[name]], generator, 0.3, 4.0, args.size)[0])
         x = torch.cat(crops)
         features = F.normalize(tower(((x - mean) / std).contiguous(memory_format=torch.channels_last)), dim=-1)
         loss = torch.zeros((), device=device)
