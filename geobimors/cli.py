@@ -1142,6 +1142,11 @@ def evaluate_command(
         if tta != 1:
             setting += f", mean of {tta} turned/mirrored views"
         click.echo(f"accuracy: {report['accuracy']:.4f} on {report['n']} images ({setting})")
+        if report.get("anchored_labels"):
+            click.echo(
+                f"anchored labels: {', '.join(report['anchored_labels'])} (not phrasings {report['model']} was "
+                "trained on: read through the nearest trained classes)"
+            )
         width = max(len(name) for name in report["per_class_accuracy"])
         for name, value in report["per_class_accuracy"].items():
             click.echo(f"  {name:<{width}}  {value:.4f}")

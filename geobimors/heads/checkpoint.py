@@ -21,6 +21,7 @@ from geobimors._version import __version__
 from geobimors.errors import ModelError, warn
 from geobimors.heads.base import Head
 from geobimors.labels import Label
+from geobimors.models.anchors import DEFAULT_ANCHORS, AnchorSettings, anchors_from_config
 from geobimors.models.captions import CaptionerSpec
 from geobimors.models.clip import TTA_VIEWS, ClipModel
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
@@ -41,8 +42,12 @@ def build_head(
     captioner: CaptionerSpec | None = None,
     caption_encoder: str = "minilm",
     templates: Sequence[str] | None = None,
+    anchors: AnchorSettings | None = DEFAULT_ANCHORS,
 ) -> Head:
-    """A new, untrained head of the given kind (``templates``: prompt templates of the probe/tip text classifier)."""
+    """A new, untrained head of the given kind.
+
+    ``templates`` and ``anchors``: prompt templates and label anchoring of the probe/tip text classifier.
+    """
     from geobimors.heads.bimors import BiMoRSHead
     from geobimors.heads.cocoop import CoCoOpHead
     from geobimors.heads.coop import CoOpHead
@@ -55,9 +60,9 @@ def build_head(
     if kind == "bimors":
         return BiMoRSHead(clip, labels, n_ctx, ctx_init, captioner, caption_encoder)
     if kind == "probe":
-        return LinearProbeHead(clip, labels, templates or REMOTE_SENSING_TEMPLATES)
+        return LinearProbeHead(clip, labels, templates or REMOTE_SENSING_TEMPLATES, anchors)
     if kind == "tip":
-        return TipAdapterHead(clip, labels, templates or REMOTE_SENSING_TEMPLATES)
+        return TipAdapterHead(clip, labels, templates or REMOTE_SENSING_TEMPLATES, anchors)
     raise ModelError(f"unknown head {kind!r}; use one of {', '.join(HEAD_KINDS)}")
 
 
@@ -182,6 +187,7 @@ def load_head(path: str | Path, clip: ClipModel, labels: Sequence[Label] | None 
             captioner,
             config.get("caption_encoder") or "minilm",
             templates=config.get("templates"),
+            anchors=anchors_from_config(config),
         )
         state = load_file(str(path), device=str(clip.device))
         head.load_state_dict({k: v.to(dtype=torch.float32) for k, v in state.items()}, strict=True)

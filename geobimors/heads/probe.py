@@ -25,15 +25,18 @@ import torch.nn.functional as F
 
 from geobimors.heads.base import Head
 from geobimors.labels import Label
+from geobimors.models.anchors import DEFAULT_ANCHORS, AnchorSettings, anchor_config
 from geobimors.models.clip import ClipModel
 from geobimors.models.prompts import REMOTE_SENSING_TEMPLATES
 
 
-def text_classifier(clip: ClipModel, labels: Sequence[Label], templates: Sequence[str]) -> torch.Tensor:
-    """(C, E) zero-shot class weights: normalised means of the templated prompt embeddings."""
+def text_classifier(
+    clip: ClipModel, labels: Sequence[Label], templates: Sequence[str], anchors: AnchorSettings | None
+) -> torch.Tensor:
+    """(C, E) zero-shot class weights: normalised means of the templated prompt embeddings (anchored or not)."""
     from geobimors.heads.zero_shot import ZeroShotHead
 
-    return ZeroShotHead(clip, labels, templates).class_features.detach().clone()
+    return ZeroShotHead(clip, labels, templates, anchors).class_features.detach().clone()
 
 
 class EmbeddingHead(Head):
@@ -43,22 +46,32 @@ class EmbeddingHead(Head):
         clip: the frozen CLIP model.
         labels: the classes (the training classes when built for training or loading).
         templates: prompt templates of the zero-shot text classifier it starts from.
+        anchors: label anchoring of that text classifier (:mod:`geobimors.models.anchors`; ``None``:
+            labels read as written, as in checkpoints made before anchoring existed).
     """
 
     text_weights: torch.Tensor
 
     def __init__(
-        self, clip: ClipModel, labels: Sequence[Label], templates: Sequence[str] = REMOTE_SENSING_TEMPLATES
+        self,
+        clip: ClipModel,
+        labels: Sequence[Label],
+        templates: Sequence[str] = REMOTE_SENSING_TEMPLATES,
+        anchors: AnchorSettings | None = DEFAULT_ANCHORS,
     ) -> None:
         super().__init__(clip, labels)
         self.templates = tuple(templates)
+        self.anchors = anchors
         self.training_labels = list(labels)
-        self.register_buffer("text_weights", text_classifier(clip, self.labels, self.templates), persistent=False)
+        self.register_buffer("text_weights", self._text_classifier(), persistent=False)
+
+    def _text_classifier(self) -> torch.Tensor:
+        return text_classifier(self.clip, self.labels, self.templates, self.anchors)
 
     def set_labels(self, labels: Sequence[Label]) -> None:
         """Classify among other classes: training classes keep what was fitted, new ones use their text."""
         super().set_labels(labels)
-        self.text_weights = text_classifier(self.clip, self.labels, self.templates)
+        self.text_weights = self._text_classifier()
 
     def _training_index(self) -> list[int]:
         """For each current label, its index among the training classes (-1: not a training class)."""
@@ -70,8 +83,8 @@ class EmbeddingHead(Head):
         return self.logits_from_embeddings(self.clip.encode_images(images))
 
     def config(self) -> dict[str, Any]:
-        """Templates of the text classifier."""
-        return {"templates": list(self.templates)}
+        """Templates and label anchoring of the text classifier."""
+        return {"templates": list(self.templates), "anchors": anchor_config(self.anchors)}
 
     def hyperparameters(self) -> dict[str, float]:
         """The values chosen on held-out data when fitting."""
@@ -91,9 +104,13 @@ class LinearProbeHead(EmbeddingHead):
     weight_decay: float = float("nan")
 
     def __init__(
-        self, clip: ClipModel, labels: Sequence[Label], templates: Sequence[str] = REMOTE_SENSING_TEMPLATES
+        self,
+        clip: ClipModel,
+        labels: Sequence[Label],
+        templates: Sequence[str] = REMOTE_SENSING_TEMPLATES,
+        anchors: AnchorSettings | None = DEFAULT_ANCHORS,
     ) -> None:
-        super().__init__(clip, labels, templates)
+        super().__init__(clip, labels, templates, anchors)
         self.weight = torch.nn.Parameter(self.text_weights.clone())
         self.bias = torch.nn.Parameter(torch.zeros(len(self.labels), device=clip.device))
 
@@ -133,9 +150,13 @@ class TipAdapterHead(EmbeddingHead):
     beta: torch.Tensor
 
     def __init__(
-        self, clip: ClipModel, labels: Sequence[Label], templates: Sequence[str] = REMOTE_SENSING_TEMPLATES
+        self,
+        clip: ClipModel,
+        labels: Sequence[Label],
+        templates: Sequence[str] = REMOTE_SENSING_TEMPLATES,
+        anchors: AnchorSettings | None = DEFAULT_ANCHORS,
     ) -> None:
-        super().__init__(clip, labels, templates)
+        super().__init__(clip, labels, templates, anchors)
         width = self.text_weights.shape[1]
         self.register_buffer("cache_keys", torch.zeros((0, width), device=clip.device))
         self.register_buffer("cache_values", torch.zeros((0, len(self.labels)), device=clip.device))

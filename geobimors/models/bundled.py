@@ -8,6 +8,7 @@ and the model modules need not import this one.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,9 @@ class BundledModel:
         default_gsd_floor: the finest resolution ``map`` and ``embed`` pick without ``--gsd``
             (``None``: the finest of ``gsd_range``). The range's edge is what the strongest crops of
             training reached; chips there see less ground than the model mostly learnt from.
+        vocabulary: ``module:attribute`` naming the phrasing groups (one list per trained class)
+            the model's text side was trained on; zero-shot labels outside them are anchored to
+            the nearest (:mod:`geobimors.models.anchors`). ``None``: labels are read as written.
     """
 
     name: str
@@ -48,6 +52,7 @@ class BundledModel:
     gsd_range: tuple[float, float] | None = None
     native_upsampling: float = 1.0
     default_gsd_floor: float | None = None
+    vocabulary: str | None = None
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -65,6 +70,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         # 64 px at 1.2 m is a whole UC Merced image (77 m); at 0.6 m a quarter of one. Chosen on a val
         # mosaic of UC Merced images among 0.6, 0.9 and 1.2 m (docs/benchmarks.md, bench_map_views.py).
         default_gsd_floor=1.2,
+        vocabulary="geobimors.models.mini.classes:TRAINED_CONCEPTS",
     ),
 }
 
@@ -108,3 +114,26 @@ def declared_default_gsd_floor(name: str) -> float | None:
 def declared_native_upsampling(name: str) -> float:
     """How many times coarser than its native resolution a scene may be and still be resampled to it."""
     return _get(name).native_upsampling
+
+
+def declared_vocabulary(name: str) -> list[list[str]] | None:
+    """The phrasing groups a bundled model's text side was trained on (one list per class), if it declares them."""
+    target = _get(name).vocabulary
+    if target is None:
+        return None
+    module_name, _, attribute = target.partition(":")
+    groups: list[list[str]] = getattr(importlib.import_module(module_name), attribute)
+    return groups
+
+
+def anchored_prompts(name: str, prompts: Sequence[str]) -> list[str]:
+    """The prompts a bundled model anchors: those that are none of its trained phrasings (compared without case).
+
+    What :mod:`geobimors.models.anchors` decides from sentence similarity, told without loading the model
+    (for summaries and resume fingerprints). Empty for models without a declared vocabulary.
+    """
+    groups = declared_vocabulary(name)
+    if not groups:
+        return []
+    trained = {phrasing.lower() for group in groups for phrasing in group}
+    return [prompt for prompt in prompts if prompt.strip().lower() not in trained]

@@ -89,6 +89,15 @@ class RunSummary:
                 out.append(f"  {short_label(name):<{width}}  {count:>7}  {share:5.1f}%")
         elif total:
             out.append("labels: none (no chip had enough valid pixels; see --min-valid and --nodata)")
+        anchored = self.plan.anchored_labels
+        if anchored:
+            shown = ", ".join(short_label(p) for p in anchored[:5]) + (
+                f" and {len(anchored) - 5} more" if len(anchored) > 5 else ""
+            )
+            out.append(
+                f"anchored labels: {shown} (not phrasings {self.plan.classifier.model} was trained on: read through "
+                "the nearest trained classes)"
+            )
         if self.output is not None:
             out.append(f"output: {self.output}")
         return out

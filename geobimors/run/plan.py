@@ -226,10 +226,22 @@ class ScenePlan:
             payload["tta"] = self.classifier.tta
         if self.classifier.views != 1:  # likewise
             payload["views"] = [self.classifier.views, self.classifier.view_blend]
+        if self.anchored_labels:  # likewise; a run begun before label anchoring is not resumed into
+            payload["anchored_labels"] = self.anchored_labels
         identity = scene_identity(self.scene.path)
         if identity is not None:  # a rewritten local scene file is another run; URLs have none (fingerprint as before)
             payload["scene_file"] = identity
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    @property
+    def anchored_labels(self) -> list[str]:
+        """Zero-shot labels the bundled model reads through its nearest trained classes (geobimors.models.anchors)."""
+        from geobimors.models import bundled
+
+        source = resolve_model_name(self.classifier.model)
+        if self.settings.head or source.kind != "bundled":
+            return []
+        return bundled.anchored_prompts(source.arch, [label.prompt for label in self.classifier.labels])
 
     def describe(self) -> dict[str, str]:
         """Key facts for the summary and the output's metadata."""
@@ -239,6 +251,11 @@ class ScenePlan:
             "model": self.classifier.model,
             "head": f"{self.head_kind} ({self.settings.head})" if self.settings.head else "zero-shot",
             "labels": ", ".join(self.classifier.class_names),
+            **(
+                {"anchored_labels": f"{', '.join(self.anchored_labels)} (read through the nearest trained classes)"}
+                if self.anchored_labels
+                else {}
+            ),
             "grid": self.grid.describe(),
             "bands": self.band_description,
             "scaling": self.read.scale.describe() if self.read.scale else "8-bit, unchanged",

@@ -305,6 +305,9 @@ def evaluate_data(
         "view_blend": clip.view_blend if views > 1 else None,
         **overall.to_dict(),
     }
+    if isinstance(evaluated, ZeroShotHead):  # labels read through the model's nearest trained classes
+        mixes = evaluated.anchor_mix.tolist()
+        report["anchored_labels"] = [label.name for label, mix in zip(evaluated.labels, mixes) if mix > 0]
     if protocol == "base-to-new":
         report["base_to_new"] = evaluate_base_to_new(evaluated, images, batch_size, captions)
     report["_evaluation"] = overall

@@ -100,3 +100,10 @@ AID_SYNONYMS: dict[str, list[str]] = {
     "StorageTanks": ["storage tanks", "oil tanks", "round storage tanks"],
     "Viaduct": ["viaduct", "an elevated road", "a highway interchange"],
 }
+
+# Every phrasing group the bundled model's text projection was trained on (stage 2): one list per
+# class of each dataset (a class name shared by two datasets is two groups). Zero-shot labels outside
+# them are anchored to the nearest groups (geobimors.models.anchors).
+TRAINED_CONCEPTS: list[list[str]] = [
+    group for synonyms in (TRAIN_SYNONYMS, UC_MERCED_SYNONYMS, AID_SYNONYMS) for group in synonyms.values()
+]

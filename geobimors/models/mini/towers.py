@@ -430,7 +430,11 @@ class BertTextTower(nn.Module):
         self.proj = Linear(config.hidden_size, embed_dim, bias=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Projected text features (N, E), not normalised, of padded token ids (N, L).
+        """Projected text features (N, E), not normalised, of padded token ids (N, L)."""
+        return self.proj(self.pooled(tokens))
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The mean-pooled sentence embeddings (N, D) before the projection: MiniLM's own space.
 
         Trailing positions that are padding in every text are cut first: under the padding
         mask and the mean over real tokens they change nothing.
@@ -438,8 +442,7 @@ class BertTextTower(nn.Module):
         padding = (tokens != self.config.pad_token_id).long()
         length = max(1, int(padding.sum(dim=1).max())) if tokens.shape[0] else tokens.shape[1]
         tokens, padding = tokens[:, :length], padding[:, :length]
-        out = self.transformer(input_ids=tokens, attention_mask=padding)
-        return self.proj(self.pooler(out, padding))
+        return self.pooler(self.transformer(input_ids=tokens, attention_mask=padding), padding)
 
 
 class MiniCLIP(nn.Module):
