@@ -94,6 +94,12 @@ device_options = _options(
     ),
 )
 
+literal_labels_option = click.option(
+    "--literal-labels",
+    is_flag=True,
+    help="Zero-shot: read every label exactly as written. By default the bundled model reads a label that is none "
+    "of its trained phrasings ('woodland', 'built area') through its nearest trained classes (label anchoring).",
+)
 tta_option = click.option(
     "--tta",
     type=click.Choice(["1", "2", "4", "8"]),
@@ -398,6 +404,7 @@ def cli() -> None:
     default=None,
     help="With --views 5/6: the sub-views' weight B, features = (1-B) x chip + B x mean of sub-views [default: 0.5].",
 )
+@literal_labels_option
 @device_options
 @dask_options
 @click.option("--regions", is_flag=True, help="Also write a 'regions' layer of adjacent same-label chips merged.")
@@ -453,6 +460,7 @@ def map_command(
     tta: int,
     views: int,
     view_blend: float | None,
+    literal_labels: bool,
     device: str,
     precision: str,
     scheduler: str | None,
@@ -502,7 +510,7 @@ def map_command(
         _refuse_pixel_options(click.get_current_context(), " ".join(scenes) or None, embeddings_path)
         _map_from_embeddings(
             from_embeddings, labels_path, output, model, head_path, top_k, device, precision, regions, overwrite,
-            progress_mode, quiet,
+            progress_mode, quiet, literal_labels,
         )  # fmt: skip
         return
     if not scenes:
@@ -517,7 +525,8 @@ def map_command(
         _map_scenes(sources, output, labels_path, model, head_path, batch_size, caption_batch_size, captioner, top_k,
                     device, precision, scheduler, workers, regions, embeddings_path, fail_fast, crs, keep_overlaps,
                     overwrite, restart, progress_mode, quiet,
-                    {**chip, "tta": tta, "views": views, "view_blend": view_blend})  # fmt: skip
+                    {**chip, "tta": tta, "views": views, "view_blend": view_blend,
+                     "literal_labels": literal_labels})  # fmt: skip
         return
     scene = sources[0].path if sources is not None else scenes[0]
     out = output if output is not None else Path(_default_output(scene))
@@ -546,6 +555,7 @@ def map_command(
         tta=tta,
         views=views,
         view_blend=view_blend,
+        literal_labels=literal_labels,
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -640,6 +650,7 @@ def _map_scenes(
         tta=chip["tta"],
         views=chip["views"],
         view_blend=chip["view_blend"],
+        literal_labels=chip["literal_labels"],
         **_chip_settings(chip),
         **_safety_settings(chip),
     )
@@ -1027,6 +1038,7 @@ def train_command(
 @click.option("--confusion", type=click.Path(path_type=Path), default=None, help="Write the confusion matrix CSV.")
 @click.option("--overwrite", is_flag=True, help="Replace the --json and --confusion files if they exist.")
 @tta_option
+@literal_labels_option
 @device_options
 @common_options
 def evaluate_command(
@@ -1050,6 +1062,7 @@ def evaluate_command(
     confusion: Path | None,
     overwrite: bool,
     tta: int,
+    literal_labels: bool,
     device: str,
     precision: str,
     quiet: bool,
@@ -1085,6 +1098,9 @@ def evaluate_command(
     if not retrieval and caption_guidance is not None:
         raise InputError("--caption-guidance applies to --task retrieval only; drop it")
     check_retrieval_options(views, view_blend, caption_guidance, captioner)
+    if literal_labels and (head_path is not None or retrieval or task == "captioning"):
+        raise InputError("--literal-labels is for zero-shot classification; drop it with --head (a head's text was "
+                         "fixed when it was trained), retrieval or captioning")  # fmt: skip
     if task == "captioning":
         if views != 1 or view_blend is not None:
             raise InputError("--views and --view-blend apply to classification and retrieval; drop them with "
@@ -1129,6 +1145,7 @@ def evaluate_command(
         tta=tta,
         views=views,
         view_blend=view_blend,
+        literal_labels=literal_labels,
     )
     evaluation = report.pop("_evaluation")
     if json_path is not None:
@@ -1418,6 +1435,7 @@ def _map_from_embeddings(
     overwrite: bool,
     progress_mode: str,
     quiet: bool,
+    literal_labels: bool = False,
 ) -> None:
     import time
 
@@ -1433,7 +1451,7 @@ def _map_from_embeddings(
     started = time.monotonic()
     store = open_stores(store_path)
     labels = read_labels(labels_path) if labels_path is not None else []
-    relabeller = open_relabeller(store, labels, head_path, model, top_k, device, precision)
+    relabeller = open_relabeller(store, labels, head_path, model, top_k, device, precision, literal_labels)
     summary = relabel_to_file(
         relabeller,
         out,

@@ -44,7 +44,7 @@ from geobimors.raster.scaling import (
     percentile_range,
 )
 from geobimors.raster.scene import SceneInfo, select_bands
-from geobimors.run.plan import DEFAULT_MODEL, default_gsd, model_defaults
+from geobimors.run.plan import DEFAULT_MODEL, LITERAL_WITH_HEAD, default_gsd, model_defaults
 from geobimors.run.store import label_columns
 from geobimors.vector.gpkg import chip_polygons
 
@@ -130,6 +130,7 @@ def classify(
     templates: Sequence[str] = REMOTE_SENSING_TEMPLATES,
     progress: bool = False,
     tta: int = 1,
+    literal_labels: bool = False,
 ) -> xr.Dataset:
     """Classify every chip of a (band, y, x) DataArray.
 
@@ -158,11 +159,15 @@ def classify(
         progress: show a progress bar (tqdm.auto: a widget in notebooks) when computing in-memory input.
         tta: test-time augmentation: classify the mean features of 1 (off), 2, 4 or 8 turned and
             mirrored views of each chip (N views take N image passes).
+        literal_labels: read every zero-shot label as written, without anchoring labels the bundled
+            model was not trained on to its nearest trained classes (:mod:`geobimors.models.anchors`).
 
     Returns:
         The Dataset described in the module docs.
     """
     check_tta(tta)
+    if literal_labels and head is not None:
+        raise InputError(LITERAL_WITH_HEAD)
     model, label_list = _model_and_labels(model, labels, head)
     info = _scene_info(data)
     if info.crs is None:
@@ -173,7 +178,9 @@ def classify(
     values = data.data if data.ndim == 3 else data.data[None]
     nodata = nodata if nodata is not None else info.nodata
     read = ReadSpec(info.path, grid, selection.indexes, None, nodata, min_valid)
-    spec = ClassifierSpec(model, tuple(label_list), device, precision, tuple(templates), head=head, tta=tta)
+    spec = ClassifierSpec(
+        model, tuple(label_list), device, precision, tuple(templates), head=head, tta=tta, literal_labels=literal_labels
+    )
     scale = _lazy_scale_range(values, info, selection.indexes, scale_range, percentiles, nodata)
     stacked = _lazy_rows(values, grid, scale, read, spec)
     dataset = _dataset(stacked, grid, [lb.name for lb in label_list], spec)

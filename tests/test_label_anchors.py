@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from geobimors.errors import ModelError
+from geobimors.errors import InputError, ModelError
 from geobimors.heads.checkpoint import FORMAT, load_head, read_metadata, save_head
 from geobimors.heads.probe import TipAdapterHead
 from geobimors.heads.zero_shot import ZeroShotHead
@@ -176,3 +176,40 @@ def test_evaluate_reports_the_anchored_labels(
     assert result.exit_code == 0, result.err
     assert json.loads(report.read_text())["anchored_labels"] == ["woodland"]
     assert "anchored labels: woodland (" in result.out
+
+
+def test_literal_labels_reads_every_label_as_written(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    labels = tmp_path / "legend.txt"
+    labels.write_text("water\ntrees\nbuilt area\n")
+    scores = []
+    for extra in ((), ("--literal-labels",)):
+        out = tmp_path / f"map{len(extra)}.gpkg"
+        result = run_cli(capsys, "map", root / "L7_ETMs.tif", "--labels", labels, "--bands", "3,2,1", "-o", out, *extra)
+        assert result.exit_code == 0, result.err
+        assert ("anchored labels:" in result.out + result.err) == (not extra)
+        assert ("anchored_labels" in pyogrio.read_info(out, layer="chips")["layer_metadata"]) == (not extra)
+        scores.append(pyogrio.read_dataframe(out, layer="chips", columns=["score"])["score"].to_numpy())
+    assert not np.allclose(scores[0], scores[1])  # the anchored labels' class features differ
+
+
+def test_literal_labels_with_a_head_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    mini_clip,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from geobimors.heads.checkpoint import save_head
+    from geobimors.xarray import classify
+
+    head = TipAdapterHead(mini_clip, [Label("forest", "forest"), Label("sea or lake", "sea or lake")])
+    path = save_head(head, tmp_path / "tip.safetensors")
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    for args in (
+        ("map", root / "L7_ETMs.tif", "--head", path, "--bands", "3,2,1", "-o", tmp_path / "m.gpkg"),
+        ("evaluate", root, "--head", path),
+    ):
+        result = run_cli(capsys, *args, "--literal-labels")
+        assert result.exit_code == 2, result.err
+        assert result.err.startswith("Error: --literal-labels is for zero-shot") and result.err.count("\n") == 1
+    with pytest.raises(InputError, match="--literal-labels is for zero-shot"):
+        classify(None, head=str(path), literal_labels=True)  # type: ignore[arg-type]

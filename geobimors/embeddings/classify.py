@@ -209,6 +209,7 @@ def open_relabeller(
     top_k: int = 3,
     device: str = "auto",
     precision: str = "fp32",
+    literal_labels: bool = False,
 ) -> Relabeller:
     """Open a store and build the head that labels it, refusing mismatches up front.
 
@@ -220,6 +221,7 @@ def open_relabeller(
         top_k: best labels kept per chip.
         device: ``auto``, ``cpu`` or ``cuda``.
         precision: precision of the text side.
+        literal_labels: zero-shot: read every label as written (no label anchoring).
 
     Raises:
         InputError: for a bad store, too few labels or bad ``top_k``.
@@ -234,6 +236,10 @@ def open_relabeller(
     chosen = tuple(labels) or (tuple(checkpoint_labels(metadata)) if metadata else ())
     if len(chosen) < 2:
         raise InputError("classification needs at least two labels; pass --labels FILE")
+    if literal_labels and head is not None:
+        from geobimors.run.plan import LITERAL_WITH_HEAD
+
+        raise InputError(LITERAL_WITH_HEAD)
     if metadata is not None and metadata["clip_fingerprint"] != opened.meta.model_fingerprint:
         raise ModelError(
             f"head {Path(head or '').name} was trained for CLIP {metadata['clip_model']!r} "
@@ -242,7 +248,7 @@ def open_relabeller(
             f"--model {metadata['clip_model']}, or use a head trained for {opened.meta.model}"
         )
     head_path = str(Path(head).absolute()) if head is not None else None
-    spec = ClassifierSpec(name, chosen, device, precision, head=head_path)
+    spec = ClassifierSpec(name, chosen, device, precision, head=head_path, literal_labels=literal_labels)
     from geobimors.models.clip import load_model
 
     opened.check_model(name, load_model(name, device, precision).fingerprint)

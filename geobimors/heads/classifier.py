@@ -36,6 +36,8 @@ class ClassifierSpec:
         views: detail views (1, 5 or 6; :meth:`geobimors.models.clip.ClipModel.embed_chips`): the
             chip's features blended with its sub-views'; only for heads that classify pooled features.
         view_blend: the sub-views' weight.
+        literal_labels: read every zero-shot label as written, without anchoring labels the model
+            was not trained on to its nearest trained classes (:mod:`geobimors.models.anchors`).
     """
 
     model: str
@@ -48,6 +50,7 @@ class ClassifierSpec:
     tta: int = 1
     views: int = 1
     view_blend: float = DEFAULT_VIEW_BLEND
+    literal_labels: bool = False
 
     @property
     def class_names(self) -> list[str]:
@@ -67,13 +70,15 @@ class Classifier:
     def __init__(self, spec: ClassifierSpec) -> None:
         from geobimors.heads.checkpoint import load_head
         from geobimors.heads.zero_shot import ZeroShotHead
+        from geobimors.models.anchors import DEFAULT_ANCHORS
 
         self.spec = spec
         clip = load_model(spec.model, spec.device, spec.precision, spec.tta)
         self.clip = clip.with_views(spec.views, spec.view_blend) if spec.views > 1 else clip
         self.head: Head
         if spec.head is None:
-            self.head = ZeroShotHead(self.clip, spec.labels, spec.templates)
+            anchors = None if spec.literal_labels else DEFAULT_ANCHORS
+            self.head = ZeroShotHead(self.clip, spec.labels, spec.templates, anchors)
         else:
             self.head = load_head(spec.head, self.clip, spec.labels)
         captioner = getattr(self.head, "captioner", None)

@@ -97,6 +97,8 @@ class MapSettings:
             classify its features blended with its quadrants' (and centre crop's), each seen at
             twice the detail (:meth:`geobimors.models.clip.ClipModel.embed_chips`).
         view_blend: the sub-views' weight (``--view-blend``; ``None``: the default, 0.5).
+        literal_labels: read every zero-shot label as written (``--literal-labels``): no anchoring
+            of labels the bundled model was not trained on (:mod:`geobimors.models.anchors`).
     """
 
     scene: str
@@ -125,6 +127,7 @@ class MapSettings:
     tta: int = 1
     views: int = 1
     view_blend: float | None = None
+    literal_labels: bool = False
 
 
 @dataclass
@@ -239,7 +242,7 @@ class ScenePlan:
         from geobimors.models import bundled
 
         source = resolve_model_name(self.classifier.model)
-        if self.settings.head or source.kind != "bundled":
+        if self.settings.head or self.classifier.literal_labels or source.kind != "bundled":
             return []
         return bundled.anchored_prompts(source.arch, [label.prompt for label in self.classifier.labels])
 
@@ -267,6 +270,11 @@ class ScenePlan:
                 else {}
             ),
         }
+
+
+LITERAL_WITH_HEAD = (
+    "--literal-labels is for zero-shot labels; drop it with --head (a head's text was fixed when it was trained)"
+)
 
 
 def model_defaults(model: str) -> tuple[int | None, float | None]:
@@ -437,6 +445,8 @@ def plan_map(settings: MapSettings) -> ScenePlan:
     labels = settings.labels or (tuple(checkpoint_labels(metadata)) if metadata else ())
     if len(labels) < 2:
         raise InputError("classification needs at least two labels; pass --labels FILE")
+    if settings.literal_labels and settings.head:
+        raise InputError(LITERAL_WITH_HEAD)
     scene, grid, read, bands = plan_reading(settings, model)
     head = str(Path(settings.head).absolute()) if settings.head else None
     classifier = ClassifierSpec(
@@ -448,6 +458,7 @@ def plan_map(settings: MapSettings) -> ScenePlan:
         tta=check_tta(settings.tta),
         views=settings.views,
         view_blend=DEFAULT_VIEW_BLEND if settings.view_blend is None else settings.view_blend,
+        literal_labels=settings.literal_labels,
     )
     plan = ScenePlan(settings, scene, grid, read, classifier, bands)
     check_at_least_one(settings.caption_batch_size, "--caption-batch-size")

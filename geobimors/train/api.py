@@ -14,6 +14,7 @@ from geobimors.errors import InputError, check_at_least_one, warn
 from geobimors.heads.base import Head, works_from_embeddings
 from geobimors.heads.checkpoint import build_head, load_head, save_head
 from geobimors.heads.probe import EmbeddingHead
+from geobimors.models.anchors import DEFAULT_ANCHORS
 from geobimors.models.captions import CaptionerSpec, load_captioner
 from geobimors.models.clip import check_tta, load_model
 from geobimors.models.views import check_views
@@ -249,6 +250,7 @@ def evaluate_data(
     tta: int = 1,
     views: int = 1,
     view_blend: float | None = None,
+    literal_labels: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a head (or zero-shot CLIP) on an ImageFolder tree.
 
@@ -267,6 +269,8 @@ def evaluate_data(
         views: detail views (1, 5 or 6): each image's features blended with its quadrants' (and
             centre crop's), which reach the model at twice the detail (:meth:`ClipModel.embed_chips`).
         view_blend: the sub-views' weight (default :data:`~geobimors.models.clip.DEFAULT_VIEW_BLEND`).
+        literal_labels: zero-shot: read every label as written, without anchoring labels the model
+            was not trained on (:mod:`geobimors.models.anchors`).
 
     Returns:
         A JSON-ready report with an ``accuracy`` field.
@@ -288,7 +292,8 @@ def evaluate_data(
         warn_if_tta_differs(metadata, tta)
     model_name = model or (str(metadata["clip_model"]) if metadata else "mini")
     clip = load_model(model_name, device, precision, tta).with_views(views, view_blend)
-    evaluated: Head = load_head(head, clip) if head is not None else ZeroShotHead(clip, images.labels)
+    anchors = None if literal_labels else DEFAULT_ANCHORS
+    evaluated: Head = load_head(head, clip) if head is not None else ZeroShotHead(clip, images.labels, anchors=anchors)
     if views > 1 and not works_from_embeddings(evaluated):
         raise InputError(
             f"--views blends pooled image features, which the {evaluated.kind} head does not classify from; "
