@@ -16,8 +16,9 @@ the plain class names do not move; the further a label is from every concept, th
 anchored (with the chosen constants the anchor's share is the similarity itself: "woodland"
 0.79, "snow and ice" 0.44). The constants were chosen on validation data and paraphrased label sets
 (``benchmarks/bench_label_anchors.py``, docs/benchmarks.md). Only models that declare a trained
-vocabulary (:func:`geobimors.models.bundled.declared_vocabulary`) and whose text tower exposes
-its pooled, unprojected sentence embedding (``model.text.pooled``) are anchored.
+vocabulary are anchored (``ClipModel.trained_vocabulary``, which bundled models get from
+:func:`geobimors.models.bundled.declared_vocabulary`), through the pooled sentence embedding their
+text tower projects (geobimors' plain-torch tower or open_clip's, alike).
 """
 
 from __future__ import annotations
@@ -111,14 +112,14 @@ def _vocabulary(clip: Any, concepts: list[list[str]]) -> _Vocabulary:
 
 
 def trained_vocabulary(clip: Any) -> list[list[str]] | None:
-    """The phrasing groups (one list per trained concept) a bundled model declares, else ``None``."""
-    from geobimors.models import bundled
+    """The phrasing groups (one list per trained concept) the model declares (``clip.trained_vocabulary``).
 
+    ``None`` when it declares none, or when its text tower has no pooled sentence embedding to compare in.
+    """
     text = getattr(clip.model, "text", None)
     readable = hasattr(text, "pooled") or all(hasattr(text, a) for a in ("transformer", "pooler", "config"))
-    if clip.name not in bundled.BUNDLED_MODELS or not readable:
-        return None
-    return bundled.declared_vocabulary(clip.name)
+    groups: list[list[str]] | None = getattr(clip, "trained_vocabulary", None)
+    return groups if groups and readable else None
 
 
 def _pooled(text: Any, tokens: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,7 @@ def load_bundled(name: str, device: torch.device, precision: str) -> ClipModel:
     module_name, _, function = _get(name).loader.partition(":")
     loader = getattr(importlib.import_module(module_name), function)
     model: ClipModel = loader(device, precision)
+    model.trained_vocabulary = declared_vocabulary(name)
     return model
 
 

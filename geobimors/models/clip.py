@@ -297,6 +297,9 @@ class ClipModel:
         self.tta = 1
         self.views = 1
         self.view_blend = DEFAULT_VIEW_BLEND
+        # The phrasing groups the text side was trained on, when the model declares them (bundled
+        # models): zero-shot labels outside them are anchored (geobimors.models.anchors).
+        self.trained_vocabulary: list[list[str]] | None = None
 
     def with_views(self, views: int, view_blend: float | None = None) -> ClipModel:
         """The same model (weights not copied) whose :meth:`embed_chips` also reads each chip's sub-views.

@@ -66,6 +66,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
     CAPTIONER = "CAPTIONER"
     TTA = "TTA"
     DETAIL_VIEWS = "DETAIL_VIEWS"
+    LITERAL_LABELS = "LITERAL_LABELS"
     OUTPUT = "OUTPUT"
 
     def shortHelpString(self):
@@ -82,6 +83,8 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             "every chip (slower than classifying on a CPU); empty: no captions.\n\n"
             "Test-time augmentation: classify the mean of 2, 4 or 8 turned and mirrored views of each chip "
             "(overhead imagery has no 'up'); a little more accurate, N times the work.\n\n"
+            "Labels the bundled model was not trained on ('woodland', 'built area') are read through its nearest "
+            "trained classes; 'Read labels literally' turns that off.\n\n"
             "The geobimors command line runs in the environment set in the geobimors panel's settings."
         )
 
@@ -132,6 +135,9 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             QgsProcessingParameterEnum(self.DETAIL_VIEWS, "Detail views", options=DETAIL_CHOICES, defaultValue=0)
         )
         self.addParameter(
+            QgsProcessingParameterBoolean(self.LITERAL_LABELS, "Read labels literally (zero-shot)", defaultValue=False)
+        )
+        self.addParameter(
             QgsProcessingParameterVectorDestination(self.OUTPUT, "Labeled chips", type=QgsProcessing.TypeVectorPolygon)
         )
 
@@ -178,6 +184,7 @@ class MapSceneAlgorithm(GeobimorsAlgorithm):
             captioner=self.parameterAsString(parameters, self.CAPTIONER, context) or None,
             tta=TTA_VIEWS[self.parameterAsEnum(parameters, self.TTA, context)],
             views=DETAIL_VIEWS[self.parameterAsEnum(parameters, self.DETAIL_VIEWS, context)],
+            literal_labels=self.parameterAsBool(parameters, self.LITERAL_LABELS, context),
         )
         try:
             prefix = configured_prefix()

@@ -85,6 +85,7 @@ class MapRequest:
     captioner: Optional[str] = None  # a 'caption' attribute per chip by this captioner (mini: bundled)
     tta: int = 1  # classify the mean of 2, 4 or 8 turned/mirrored views of each chip (N times the work)
     views: int = 1  # 6: each chip read at twice the pixels, blended with its quadrants and centre (~6x the work)
+    literal_labels: bool = False  # zero-shot: no anchoring of labels the bundled model was not trained on
     extra: List[str] = field(default_factory=list)
 
 
@@ -144,6 +145,8 @@ def build_args(request: MapRequest, labels_path: Optional[str]) -> List[str]:
         args += ["--tta", str(request.tta)]
     if request.views != 1:
         args += ["--views", str(request.views)]
+    if request.literal_labels:
+        args.append("--literal-labels")
     if request.overwrite:
         args.append("--overwrite")
     if request.regions:

@@ -30,6 +30,7 @@ def test_plugin_loads_and_registers_the_algorithm(iface) -> None:
     algorithm = registry.algorithmById("geobimors:mapscene")
     assert algorithm is not None and algorithm.displayName() == "Map scene (geobimors)"
     assert algorithm.parameterDefinition("DETAIL_VIEWS").defaultValue() == 0  # detail views: opt-in
+    assert algorithm.parameterDefinition("LITERAL_LABELS").defaultValue() is False  # label anchoring: on
     assert len(iface.toolbar) == 1 and len(iface.menu) == 2
     panel = plugin.toggle_panel()
     assert panel in iface.docks
@@ -175,6 +176,11 @@ def test_test_time_augmentation_is_opt_in() -> None:
     assert "--views" not in build_args(MapRequest(scene="a.tif", output="o.gpkg"), None)
     args = build_args(MapRequest(scene="a.tif", output="o.gpkg", views=6), None)
     assert args[args.index("--views") + 1] == "6"
+
+
+def test_literal_labels_is_opt_in() -> None:
+    assert "--literal-labels" not in build_args(MapRequest(scene="a.tif", output="o.gpkg"), None)
+    assert "--literal-labels" in build_args(MapRequest(scene="a.tif", output="o.gpkg", literal_labels=True), None)
 
 
 def test_network_reach_is_opt_in() -> None:
