@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from geobimors.models.bundled import outside_vocabulary
 from geobimors.models.prompts import fill_templates
 
 ANCHOR_STRENGTH = 1.0
@@ -165,6 +166,8 @@ def anchor_class_features(
     mix = torch.zeros(len(prompts), device=features.device)
     concepts = trained_vocabulary(clip)
     if not concepts or not len(prompts):
+        return features, mix
+    if not outside_vocabulary(concepts, prompts):  # every label is a trained phrasing: nothing to compute
         return features, mix
     settings = settings or AnchorSettings()
     vocabulary = _vocabulary(clip, concepts)

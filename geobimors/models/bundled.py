@@ -134,7 +134,10 @@ def anchored_prompts(name: str, prompts: Sequence[str]) -> list[str]:
     (for summaries and resume fingerprints). Empty for models without a declared vocabulary.
     """
     groups = declared_vocabulary(name)
-    if not groups:
-        return []
+    return outside_vocabulary(groups, prompts) if groups else []
+
+
+def outside_vocabulary(groups: Sequence[Sequence[str]], prompts: Sequence[str]) -> list[str]:
+    """The prompts that are none of the phrasings in ``groups`` (compared without case or outer spaces)."""
     trained = {phrasing.lower() for group in groups for phrasing in group}
     return [prompt for prompt in prompts if prompt.strip().lower() not in trained]
