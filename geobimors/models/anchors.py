@@ -102,9 +102,9 @@ class _Vocabulary:
 
 
 def _vocabulary(clip: Any, concepts: list[list[str]]) -> _Vocabulary:
-    """The model's vocabulary, built once per model object."""
+    """The model's vocabulary, built once per model object (again if its declared vocabulary was replaced)."""
     vocabulary: _Vocabulary | None = getattr(clip, "_anchor_vocabulary", None)
-    if vocabulary is None:
+    if vocabulary is None or vocabulary.concepts is not concepts:
         phrasings = [p for group in concepts for p in group]
         owner = torch.tensor([i for i, group in enumerate(concepts) for _ in group], device=clip.device)
         vocabulary = _Vocabulary(concepts, owner, sentence_embeddings(clip, phrasings), {})
@@ -165,9 +165,7 @@ def anchor_class_features(
     """
     mix = torch.zeros(len(prompts), device=features.device)
     concepts = trained_vocabulary(clip)
-    if not concepts or not len(prompts):
-        return features, mix
-    if not outside_vocabulary(concepts, prompts):  # every label is a trained phrasing: nothing to compute
+    if not concepts or not outside_vocabulary(concepts, prompts):  # no vocabulary, or only trained phrasings
         return features, mix
     settings = settings or AnchorSettings()
     vocabulary = _vocabulary(clip, concepts)
